@@ -1,0 +1,45 @@
+# One entry point per task, the same locally and in CI.
+#   make run    set up, start the local broker, run the demo (worker + sample events + predictions)
+#   make test   set up, start the local broker, run unit and integration tests
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV = $(shell scripts/venv.sh)
+PYTHON = $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help venv kafka-up kafka-down kafka-status run test test-unit test-integration lint model clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+venv: ## create (or reuse) the cached virtual environment
+	@echo "$(VENV)"
+
+kafka-up: ## start the local Kafka broker (no-op when up); FRESH=1 wipes its data first
+	@kafka/kafka.sh up $(if $(FRESH),--fresh)
+
+kafka-down: ## stop the local Kafka broker (no-op when down)
+	@kafka/kafka.sh down
+
+kafka-status: ## say whether the broker answers
+	@kafka/kafka.sh status
+
+run: kafka-up ## the demo: a worker with the default model, sample events in, predictions out
+	@$(PYTHON) -m app demo
+
+test: kafka-up ## unit and integration tests against the real local broker
+	@$(PYTHON) -m pytest -q tests
+
+test-unit: ## unit tests only (no broker)
+	@$(PYTHON) -m pytest -q tests/unit
+
+lint: ## ruff and mypy
+	@$(PYTHON) -m ruff check .
+	@$(PYTHON) -m ruff format --check .
+	@$(PYTHON) -m mypy
+
+model: ## retrain the default model into models/ (needs the dev extras: scikit-learn)
+	@$(PYTHON) scripts/train_default_model.py
+
+clean: ## remove local state of this clone (not the cached venv or broker)
+	rm -rf .worker-data .pytest_cache .mypy_cache .ruff_cache

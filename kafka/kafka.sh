@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# A local Apache Kafka broker (KRaft, one node) without Docker: jars from Maven Central, run with java.
+#
+#   kafka/kafka.sh up [--fresh]   start it (no-op when already up); --fresh wipes the data folder first
+#   kafka/kafka.sh down           stop it (no-op when already down)
+#   kafka/kafka.sh status         exit 0 and print "up" when it answers, else exit 3
+#
+# Environment (all optional):
+#   KAFKA_BOOTSTRAP_SERVERS   when set, another broker is in use: up/down start and stop nothing
+#   KAFKA_LOCAL_DIR           state folder (jars, data, log, pid); default ~/.cache/inference-worker/kafka
+#   KAFKA_LOCAL_PORT          client port, default 9092; KAFKA_LOCAL_CONTROLLER_PORT, default 9093
+#   KAFKA_START_TIMEOUT       seconds to wait for readiness, default 120
+#   KAFKA_HEAP                broker heap, default 512m
+# Every failure prints one line starting with "kafka-local:" that names the cause and the fix.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")
+state=${KAFKA_LOCAL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inference-worker/kafka}
+libs="$state/libs-$version"
+data="$state/data"
+log="$state/kafka.log"
+pidfile="$state/kafka.pid"
+port=${KAFKA_LOCAL_PORT:-9092}
+controller_port=${KAFKA_LOCAL_CONTROLLER_PORT:-9093}
+timeout_s=${KAFKA_START_TIMEOUT:-120}
+
+fail() { echo "kafka-local: $*" >&2; exit 1; }
+say() { echo "kafka-local: $*"; }
+
+pid_alive() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+answers() { python3 "$here/ready.py" "${probe:-127.0.0.1:$port}" 5; }
+
+check_java() {
+  command -v java >/dev/null || fail "java not found: install Java 17+ (apt-get install openjdk-17-jre-headless) or set KAFKA_BOOTSTRAP_SERVERS to an existing broker"
+  local major
+  major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)
+  [ "${major:-0}" -ge 17 ] || fail "java ${major:-?} found, Kafka $version needs Java 17+: install a newer JDK"
+}
+
+resolve_jars() {
+  [ -f "$libs/.complete" ] && return 0
+  command -v mvn >/dev/null || fail "mvn not found and no cached jars in $libs: install Maven (apt-get install maven)"
+  say "resolving Kafka $version jars with Maven into $libs"
+  rm -rf "$libs"
+  mkdir -p "$libs"
+  if ! mvn -B -q -f "$here/pom.xml" org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs" >"$state/maven.log" 2>&1; then
+    fail "Maven could not resolve the Kafka jars (see $state/maven.log): check access to Maven Central"
+  fi
+  touch "$libs/.complete"
+}
+
+kafka_java() { java -Xmx256m -cp "$libs/*" "$@"; }
+
+format_storage() {
+  sed -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$controller_port#g" -e "s#@DATA_DIR@#$data#g" \
+    "$here/server.properties.template" >"$state/server.properties"
+  if [ -f "$data/meta.properties" ]; then
+    grep -q '^cluster.id=' "$data/meta.properties" \
+      || fail "data folder $data is corrupt (meta.properties has no cluster.id): run 'make kafka-up FRESH=1' to start from a fresh one"
+    return 0
+  fi
+  mkdir -p "$data"
+  local cluster_id
+  cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>>"$log")
+  kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$state/server.properties" --ignore-formatted >>"$log" 2>&1 \
+    || fail "formatting $data failed (see $log): run 'make kafka-up FRESH=1' to start from a fresh data folder"
+}
+
+explain_exit() {
+  if grep -q "Address already in use" "$log"; then
+    fail "port $port or $controller_port is taken by another process: stop it or set KAFKA_LOCAL_PORT/KAFKA_LOCAL_CONTROLLER_PORT"
+  elif grep -qiE "InconsistentClusterIdException|meta.properties|No readable meta.properties|KafkaStorageException|CorruptRecordException" "$log"; then
+    fail "the data folder $data is unusable (see $log): run 'make kafka-up FRESH=1' to start from a fresh one"
+  fi
+  fail "the broker exited during start-up (last line of $log: $(grep -E 'ERROR|FATAL|Exception' "$log" | tail -n1 | cut -c1-200))"
+}
+
+up() {
+  if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+    say "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS is set: using that broker, starting nothing"
+    return 0
+  fi
+  mkdir -p "$state"
+  if pid_alive && answers; then
+    say "already up on 127.0.0.1:$port (pid $(cat "$pidfile"))"
+    return 0
+  fi
+  pid_alive && fail "a broker (pid $(cat "$pidfile")) is running but not answering on port $port: run 'make kafka-down' first"
+  for p in "$port" "$controller_port"; do
+    port_open "$p" && fail "port $p is taken by another process: stop it or set KAFKA_LOCAL_PORT/KAFKA_LOCAL_CONTROLLER_PORT"
+  done
+  check_java
+  resolve_jars
+  [ "$fresh" = 1 ] && rm -rf "$data"
+  : >"$log"
+  format_storage
+  local started=$SECONDS
+  setsid java -Xms512m -Xmx"${KAFKA_HEAP:-512m}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
+    -Dlog4j.configuration="file:$here/log4j.properties" -cp "$libs/*" kafka.Kafka "$state/server.properties" \
+    >>"$log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  until answers; do
+    pid_alive || explain_exit
+    if [ $((SECONDS - started)) -ge "$timeout_s" ]; then
+      down >/dev/null
+      fail "not ready after ${timeout_s}s (see $log): raise KAFKA_START_TIMEOUT on a slow machine"
+    fi
+    sleep 0.5
+  done
+  say "up on 127.0.0.1:$port in $((SECONDS - started))s (Kafka $version, log $log)"
+}
+
+down() {
+  if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+    say "KAFKA_BOOTSTRAP_SERVERS is set: the local broker is not managed here, stopping nothing"
+    return 0
+  fi
+  if ! pid_alive; then
+    rm -f "$pidfile"
+    say "already down"
+    return 0
+  fi
+  local pid
+  pid=$(cat "$pidfile")
+  kill -TERM "$pid"
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  rm -f "$pidfile"
+  say "down"
+}
+
+status() {
+  if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+    probe=${KAFKA_BOOTSTRAP_SERVERS%%,*}
+  fi
+  if answers; then
+    echo "up"
+  else
+    echo "down"
+    exit 3
+  fi
+}
+
+fresh=0
+[ "${2:-}" = "--fresh" ] && fresh=1
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up [--fresh] | down | status" >&2; exit 2 ;;
+esac
