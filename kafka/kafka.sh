@@ -11,13 +11,14 @@
 #   KAFKA_LOCAL_PORT          client port, default 9092; KAFKA_LOCAL_CONTROLLER_PORT, default 9093
 #   KAFKA_START_TIMEOUT       seconds to wait for readiness, default 120
 #   KAFKA_HEAP                broker heap, default 512m
+#   KAFKA_LOCAL_LIBS          folder of the resolved jars; default $KAFKA_LOCAL_DIR/libs-<version>
 # Every failure prints one line starting with "kafka-local:" that names the cause and the fix.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")
 state=${KAFKA_LOCAL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inference-worker/kafka}
-libs="$state/libs-$version"
+libs=${KAFKA_LOCAL_LIBS:-$state/libs-$version}
 data="$state/data"
 log="$state/kafka.log"
 pidfile="$state/kafka.pid"

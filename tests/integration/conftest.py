@@ -1,0 +1,160 @@
+"""Integration tests run against a real Apache Kafka broker.
+
+The session fixture brings the local broker up through kafka/kafka.sh (the same script as
+``make kafka-up``), unless KAFKA_BOOTSTRAP_SERVERS names another one. When no broker can be
+reached the tests fail in CI (CI is set) and are skipped elsewhere, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+def _unavailable(why: str) -> None:
+    message = f"no Kafka broker reachable: {why}"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def bootstrap_servers() -> str:
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    if not servers:
+        try:
+            done = subprocess.run([str(ROOT / "kafka" / "kafka.sh"), "up"], capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            _unavailable("kafka/kafka.sh up did not finish in 300 s")
+        if done.returncode != 0:
+            _unavailable(done.stderr.strip() or done.stdout.strip())
+        servers = f"127.0.0.1:{os.environ.get('KAFKA_LOCAL_PORT', '9092')}"
+    first = servers.split(",")[0]
+    probe = subprocess.run([sys.executable, str(ROOT / "kafka" / "ready.py"), first, "10"], timeout=30)
+    if probe.returncode != 0:
+        _unavailable(f"{first} does not answer a Metadata request")
+    return servers
+
+
+@pytest.fixture(autouse=True)
+def _needs_broker(bootstrap_servers: str) -> None:
+    """Every integration test needs the broker, so a missing one fails (CI) or skips them all."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """Topic and group names of one test, unique so runs never see each other's records."""
+
+    run: str
+
+    @property
+    def app_id(self) -> str:
+        return f"it-{self.run}"
+
+    @property
+    def input_topic(self) -> str:
+        return f"it-{self.run}-events"
+
+    @property
+    def output_topic(self) -> str:
+        return f"it-{self.run}-predictions"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"it-{self.run}-events.dlq"
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names(uuid.uuid4().hex[:10])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+
+def worker_env(bootstrap_servers: str, names: Names, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "WORKER_APP_ID": names.app_id,
+        "INPUT_TOPIC": names.input_topic,
+        "OUTPUT_TOPIC": names.output_topic,
+        "DEAD_LETTER_TOPIC": names.dead_letter_topic,
+        "WORKER_DATA_DIR": str(tmp_path / "worker-data"),
+        "LOG_LEVEL": "info",
+        **extra,
+    }
+
+
+@contextmanager
+def running_worker(env: dict[str, str], log: Path, ready_timeout_s: float = 120.0) -> Iterator[WorkerProcess]:
+    port = free_port()
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"],
+            cwd=ROOT,
+            env={**env, "WEB_PORT": str(port)},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        worker = WorkerProcess(process, port, log)
+        try:
+            deadline = time.monotonic() + ready_timeout_s
+            while True:
+                if process.poll() is not None:
+                    raise AssertionError(f"worker exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                try:
+                    if worker.get("/ready")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"worker not ready in {ready_timeout_s}s:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+            yield worker
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
