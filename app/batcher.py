@@ -1,0 +1,149 @@
+"""Micro-batching: many awaiting callers, one handler call per batch.
+
+A plain asyncio component with no Kafka or Faust in it. ``submit`` queues one item and
+returns a future; a single loop forms batches that close at ``max_batch_size`` items or
+``max_wait_s`` after the first item's arrival, whichever comes first, and calls the handler
+once per batch. Every future gets exactly one outcome:
+
+- the handler's output for that item, with the size of the batch it rode in;
+- or, when the handler keeps raising, a ``ModelError``. A failing batch is retried
+  ``retries`` times, then bisected, so one poison item fails alone and the rest of its
+  batch still gets outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from app.errors import ModelError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+BatchHandler = Callable[[list[T]], Awaitable[Sequence[R]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Batched(Generic[R]):
+    value: R
+    batch_size: int
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[Batched[R]]
+    arrived: float
+
+
+class MicroBatcher(Generic[T, R]):
+    def __init__(
+        self,
+        handler: BatchHandler[T, R],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        retries: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self._handler = handler
+        self._max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_s
+        self._retries = retries
+        self._on_batch = on_batch
+        self._queue: deque[_Pending[T, R]] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run_forever(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Finish every queued item, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    def submit(self, item: T) -> asyncio.Future[Batched[R]]:
+        if self._closing:
+            raise RuntimeError("the batcher is stopping and takes no new items")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Batched[R]] = loop.create_future()
+        self._queue.append(_Pending(item, future, loop.time()))
+        self._wakeup.set()
+        return future
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def _run_forever(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = await self._collect()
+            await self._dispatch(batch)
+
+    async def _collect(self) -> list[_Pending[T, R]]:
+        loop = asyncio.get_running_loop()
+        deadline = self._queue[0].arrived + self._max_wait_s
+        while len(self._queue) < self._max_batch_size and not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        size = min(len(self._queue), self._max_batch_size)
+        return [self._queue.popleft() for _ in range(size)]
+
+    async def _dispatch(self, batch: list[_Pending[T, R]]) -> None:
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        await self._settle(batch, attempts=self._retries + 1)
+
+    async def _settle(self, batch: list[_Pending[T, R]], attempts: int) -> None:
+        error: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                outputs = await self._handler([pending.item for pending in batch])
+                if len(outputs) != len(batch):
+                    raise ValueError(f"handler returned {len(outputs)} outputs for {len(batch)} items")
+            except Exception as exc:  # noqa: BLE001 - any handler failure is isolated below
+                error = exc
+                log.warning("batch of %d failed (attempt %d/%d): %r", len(batch), attempt + 1, attempts, exc)
+                continue
+            for pending, output in zip(batch, outputs, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(Batched(output, len(batch)))
+            return
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_exception(ModelError(f"model failed on this record: {error!r}"))
+            return
+        middle = len(batch) // 2
+        # Halves get one try each; a single item gets the full retry budget before it is poison.
+        for half in (batch[:middle], batch[middle:]):
+            await self._settle(half, attempts=1 if len(half) > 1 else self._retries + 1)

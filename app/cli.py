@@ -1,0 +1,112 @@
+"""The console entry point: ``inference-worker {worker,produce,tail,demo}`` (also ``python -m app``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from app.errors import ConfigError, ModelLoadError
+from app.settings import Settings, describe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inference-worker",
+        description="Kafka streaming inference worker: micro-batched PyTorch predictions with Faust.",
+        epilog="settings (environment variables):\n" + describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "worker",
+        help="start a worker (a Faust worker running the inference agent)",
+        epilog="settings (environment variables):\n" + describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    produce = commands.add_parser("produce", help="load generator: send events at a target rate")
+    produce.add_argument("-n", "--count", type=int, default=1000, help="events to send (default 1000)")
+    produce.add_argument("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible")
+    produce.add_argument("--malformed", type=float, default=0.0, help="fraction of malformed events (0-1)")
+    produce.add_argument("--model", default=None, help="set the events' 'model' field")
+    produce.add_argument("--seed", type=int, default=None, help="random seed for reproducible events")
+
+    tail = commands.add_parser("tail", help="pretty-print predictions (and dead letters) as they arrive")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest records")
+    tail.add_argument("--idle-timeout", type=float, default=None, help="stop after this many idle seconds")
+
+    demo = commands.add_parser("demo", help="start a worker, feed it sample events, show the predictions")
+    demo.add_argument("-n", "--count", type=int, default=500, help="events to send (default 500)")
+    demo.add_argument("--rate", type=float, default=250.0, help="events per second (default 250)")
+    demo.add_argument("--malformed", type=float, default=0.05, help="fraction malformed (default 0.05)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"inference-worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args, settings)
+    except ModelLoadError as exc:
+        print(f"inference-worker: model error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "worker":
+        return _worker(settings)
+    if args.command == "produce":
+        return asyncio.run(_produce(args, settings))
+    if args.command == "tail":
+        return asyncio.run(_tail(args, settings))
+    from app.demo import run_demo
+
+    return asyncio.run(run_demo(settings, args.count, args.rate, args.malformed))
+
+
+def _worker(settings: Settings) -> int:
+    from faust.worker import Worker
+
+    from app.worker import create_app
+
+    app = create_app(settings)
+    Worker(app, loglevel=settings.log_level).execute_from_commandline()
+    return 0
+
+
+async def _produce(args: argparse.Namespace, settings: Settings) -> int:
+    from app.loadgen import EventFactory, produce_events
+    from app.registry import ModelRegistry
+    from app.topics import ensure_topics
+
+    topics = (settings.input_topic, settings.output_topic, settings.dead_letter_topic)
+    await ensure_topics(settings.bootstrap_servers, topics, settings.topic_partitions)
+    metadata = ModelRegistry(settings.model_dir).metadata(args.model or settings.default_model, settings.model_version)
+    factory = EventFactory(metadata, seed=args.seed)
+    report = await produce_events(
+        settings.bootstrap_servers, settings.input_topic, factory, args.count, args.rate, args.malformed, args.model
+    )
+    print(
+        f"sent {report.sent} events to {settings.input_topic} in {report.seconds:.2f}s "
+        f"({report.sent / max(report.seconds, 1e-9):.0f}/s); malformed: {dict(report.malformed)}"
+    )
+    return 0
+
+
+async def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    from app.tail import describe as describe_record
+    from app.tail import follow
+
+    topics = (settings.output_topic, settings.dead_letter_topic)
+    async for record in follow(settings.bootstrap_servers, topics, args.from_beginning, args.idle_timeout):
+        print(describe_record(record, settings.dead_letter_topic), flush=True)
+    return 0

@@ -1,0 +1,157 @@
+"""Decoding and validating PredictionEvent records (schemas/prediction_event.schema.json).
+
+``parse_event`` turns one Kafka value into a ``PredictionEvent`` or raises ``InvalidRecord``
+whose ``error_class`` is one of ``ERROR_CLASSES``. It never raises anything else, so one bad
+record cannot stop a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from app.errors import InvalidRecord
+
+ERROR_CLASSES = (
+    "empty_value",
+    "oversized",
+    "not_utf8",
+    "invalid_json",
+    "schema_violation",
+    "non_finite",
+    "wrong_feature_count",
+    "unknown_model",
+    "model_error",
+)
+# ISO-8601 date or date-time, as schemas/prediction_event.schema.json's "timestamp" pattern.
+ISO_8601_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?$"
+)
+_ISO_8601 = re.compile(ISO_8601_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a record was read: ``topic[partition]@offset``."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionEvent:
+    event_id: str
+    user_id: str
+    features: list[float]
+    timestamp: str | int | float
+    """The event time exactly as the producer wrote it; echoed into the result."""
+    event_time_ms: float
+    model: str | None
+
+
+def parse_event(value: bytes | None, source: SourceRef, max_bytes: int) -> PredictionEvent:
+    """Decode and validate one record value. Feature count is checked later, against the model."""
+    if not value:
+        raise InvalidRecord("empty_value", "the record has no value (null or empty)")
+    if len(value) > max_bytes:
+        raise InvalidRecord("oversized", f"value is {len(value)} bytes, the limit is {max_bytes}")
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise _classify_undecodable(value, exc) from None
+    if not isinstance(document, dict):
+        raise InvalidRecord("schema_violation", f"value must be a JSON object, got {type(document).__name__}")
+    return PredictionEvent(
+        event_id=_event_id(document, source),
+        user_id=_string(document, "user_id"),
+        features=_features(document),
+        timestamp=document.get("timestamp", _MISSING),
+        event_time_ms=_event_time_ms(document.get("timestamp", _MISSING)),
+        model=_optional_string(document, "model"),
+    )
+
+
+_MISSING: Any = object()
+
+
+def _classify_undecodable(value: bytes, exc: orjson.JSONDecodeError) -> InvalidRecord:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as decode_error:
+        return InvalidRecord("not_utf8", f"value is not UTF-8: {decode_error.reason} at byte {decode_error.start}")
+    # orjson rejects NaN/Infinity outright; the standard parser accepts them, so it tells
+    # "valid JSON apart from non-finite numbers" from "not JSON at all".
+    if "infinity" in str(exc):
+        return InvalidRecord("non_finite", "a number overflows to infinity")
+    try:
+        json.loads(text)
+    except ValueError:
+        return InvalidRecord("invalid_json", f"value is not valid JSON: {exc}")
+    return InvalidRecord("non_finite", "value contains NaN or Infinity")
+
+
+def _event_id(document: dict[str, Any], source: SourceRef) -> str:
+    if "event_id" not in document:
+        return f"{source.topic}-{source.partition}-{source.offset}"
+    return _string(document, "event_id")
+
+
+def _string(document: dict[str, Any], field: str) -> str:
+    value = document.get(field, _MISSING)
+    if value is _MISSING:
+        raise InvalidRecord("schema_violation", f"'{field}' is missing")
+    if not isinstance(value, str) or not value:
+        raise InvalidRecord("schema_violation", f"'{field}' must be a non-empty string")
+    return value
+
+
+def _optional_string(document: dict[str, Any], field: str) -> str | None:
+    if document.get(field) is None:
+        return None
+    return _string(document, field)
+
+
+def _features(document: dict[str, Any]) -> list[float]:
+    features = document.get("features", _MISSING)
+    if features is _MISSING:
+        raise InvalidRecord("schema_violation", "'features' is missing")
+    if not isinstance(features, list) or not features:
+        raise InvalidRecord("schema_violation", "'features' must be a non-empty array of numbers")
+    for index, item in enumerate(features):
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            raise InvalidRecord("schema_violation", f"'features[{index}]' must be a number")
+        if not math.isfinite(item):
+            raise InvalidRecord("non_finite", f"'features[{index}]' is not finite")
+    return features
+
+
+def _event_time_ms(timestamp: Any) -> float:
+    if timestamp is _MISSING:
+        raise InvalidRecord("schema_violation", "'timestamp' is missing")
+    if isinstance(timestamp, bool):
+        raise InvalidRecord("schema_violation", "'timestamp' must be an ISO-8601 string or epoch milliseconds")
+    if isinstance(timestamp, int | float):
+        if not math.isfinite(timestamp) or timestamp < 0:
+            raise InvalidRecord("schema_violation", "'timestamp' must be non-negative epoch milliseconds")
+        return float(timestamp)
+    if isinstance(timestamp, str):
+        try:
+            if not _ISO_8601.match(timestamp):
+                raise ValueError(timestamp)
+            moment = datetime.fromisoformat(timestamp)
+        except ValueError:
+            raise InvalidRecord("schema_violation", f"'timestamp' {timestamp[:64]!r} is not ISO-8601") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp() * 1000.0
+    raise InvalidRecord("schema_violation", "'timestamp' must be an ISO-8601 string or epoch milliseconds")

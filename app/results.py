@@ -1,0 +1,50 @@
+"""PredictionResult records (schemas/prediction_result.schema.json) and their encoding."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from app.events import PredictionEvent, SourceRef
+from app.registry import ModelMetadata
+from app.runner import ModelOutput
+
+SCHEMA_VERSION = 1
+
+
+def build_result(
+    event: PredictionEvent,
+    output: ModelOutput,
+    model: ModelMetadata,
+    batch_size: int,
+    source: SourceRef,
+    now_s: float | None = None,
+) -> dict[str, Any]:
+    """The result for one event; ``latency_ms`` runs from the event time to this moment of publishing."""
+    now_s = time.time() if now_s is None else now_s
+    result: dict[str, Any] = {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "prediction": output.prediction,
+        "model_name": model.name,
+        "model_version": model.version,
+        "schema_version": SCHEMA_VERSION,
+        "timestamp": event.timestamp,
+        "predicted_at": datetime.fromtimestamp(now_s, UTC).isoformat(timespec="milliseconds"),
+        "latency_ms": round(now_s * 1000.0 - event.event_time_ms, 3),
+        "batch_size": batch_size,
+        "topic": source.topic,
+        "partition": source.partition,
+        "offset": source.offset,
+    }
+    if output.label is not None:
+        result["label"] = output.label
+        result["probabilities"] = output.probabilities
+    return result
+
+
+def encode_result(result: dict[str, Any]) -> bytes:
+    return orjson.dumps(result)

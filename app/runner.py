@@ -1,0 +1,106 @@
+"""Running one loaded model: batched forwards off the event loop, outputs per record.
+
+``predict`` is synchronous and does one forward for the whole batch under
+``torch.inference_mode``; ``predict_async`` runs it on a dedicated thread so heartbeats,
+the web server and other agents keep running during a forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from app.errors import ModelLoadError
+from app.registry import ModelMetadata, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOutput:
+    prediction: float
+    """Regressors: the output. Classifiers: P(positive_label), or P(label) without one."""
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"MODEL_DEVICE={requested} but no CUDA device is available: use auto or cpu")
+    return torch.device(requested)
+
+
+def warmup_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two up to and including ``max_batch_size``: the buckets a warm-up covers."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    if max_batch_size > 1:
+        sizes.append(max_batch_size)
+    return sizes
+
+
+class ModelRunner:
+    def __init__(self, metadata: ModelMetadata, module: torch.nn.Module, device: torch.device, half: bool) -> None:
+        self.metadata = metadata
+        self.device = device
+        self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+        self._module = module.to(device=device, dtype=self.dtype)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{metadata.name}")
+        self._positive = metadata.labels.index(metadata.positive_label) if metadata.positive_label else None
+        self.warm = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.metadata.name}/{self.metadata.version}"
+
+    @classmethod
+    def load(cls, registry: ModelRegistry, name: str, version: str, device: torch.device, half: bool) -> ModelRunner:
+        metadata = registry.metadata(name, version)
+        runner = cls(metadata, registry.load_module(metadata), device, half)
+        log.info("loaded model %s (%s) on %s", runner.key, metadata.format, device)
+        return runner
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """One forward per batch-size bucket, so the first real batches pay no one-off costs."""
+        for size in warmup_sizes(max_batch_size):
+            try:
+                outputs = self.predict([[0.0] * self.metadata.input_size] * size)
+            except Exception as exc:  # noqa: BLE001 - a model that cannot run is a load error
+                raise ModelLoadError(f"model {self.key} failed warm-up: {exc!r}") from None
+            if len(outputs) != size:
+                raise ModelLoadError(f"model {self.key} returned {len(outputs)} outputs for {size} inputs")
+        self.warm = True
+
+    def predict(self, rows: list[list[float]]) -> list[ModelOutput]:
+        with torch.inference_mode():
+            batch = torch.tensor(rows, dtype=self.dtype, device=self.device)
+            raw = self._module(batch)
+            if self.metadata.kind == "classifier":
+                return self._classify(raw)
+            return [ModelOutput(prediction=float(value)) for value in raw.reshape(len(rows)).float().cpu().tolist()]
+
+    async def predict_async(self, rows: list[list[float]]) -> list[ModelOutput]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.predict, rows)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def _classify(self, logits: torch.Tensor) -> list[ModelOutput]:
+        labels = self.metadata.labels
+        if logits.ndim != 2 or logits.shape[1] != len(labels):
+            raise ValueError(f"classifier output shape {tuple(logits.shape)} does not match {len(labels)} labels")
+        probabilities = torch.softmax(logits.float(), dim=1)
+        winners = probabilities.argmax(dim=1).cpu().tolist()
+        table = probabilities.cpu().tolist()
+        outputs = []
+        for winner, row in zip(winners, table, strict=True):
+            score = row[self._positive] if self._positive is not None else row[winner]
+            outputs.append(ModelOutput(score, labels[winner], dict(zip(labels, row, strict=True))))
+        return outputs

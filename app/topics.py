@@ -1,0 +1,30 @@
+"""Creating the worker's topics up front, with the partition count replicas scale to."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> None:
+    """Create each topic that does not exist yet; existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="inference-worker-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, partitions, 1) for name in names if name not in existing]
+        if not missing:
+            return
+        response = await admin.create_topics(missing)
+        for topic, code, *_ in response.topic_errors:
+            # Another replica or tool may have created it meanwhile: that is fine.
+            if code and for_code(code) is not TopicAlreadyExistsError:
+                raise for_code(code)(f"cannot create topic {topic!r}")
+        log.info("created topics %s with %d partitions", [t.name for t in missing], partitions)
+    finally:
+        await admin.close()

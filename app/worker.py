@@ -1,0 +1,160 @@
+"""The Faust app: the inference agent, its topics, and the web endpoints.
+
+``create_app`` loads and warms the models before Faust starts, so a worker that joins the
+consumer group can predict at once, and a model that cannot load stops the start with one line.
+The agent reads raw bytes with acks off (faust's decoding and ``take()`` lose or stall records,
+see README "Delivery") and hands each record to the ``InferencePipeline``, which acks it only
+after its output is acknowledged by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
+from functools import partial
+from typing import Any, cast
+
+import faust
+from faust.web import Request, Response, View
+
+from app.events import SourceRef
+from app.pipeline import InboundRecord, InferencePipeline, OutboundRecord
+from app.registry import ModelRegistry
+from app.runner import ModelRunner, pick_device
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 30.0
+
+
+def load_runners(settings: Settings) -> dict[str, ModelRunner]:
+    """Load and warm every configured model; raises ModelLoadError with one clear line."""
+    import torch
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    registry = ModelRegistry(settings.model_dir)
+    device = pick_device(settings.device)
+    runners = {}
+    for name in settings.model_names:
+        runner = ModelRunner.load(registry, name, settings.model_version, device, settings.half_precision)
+        runner.warm_up(settings.max_batch_size)
+        runners[name] = runner
+    return runners
+
+
+class WorkerState:
+    """What /ready reports: models warm and this worker's consumer group membership settled."""
+
+    def __init__(self, runners: Mapping[str, ModelRunner], input_topic: str) -> None:
+        self.runners = runners
+        self.input_topic = input_topic
+        self.rebalanced = False
+        self.assigned: set[Any] = set()
+
+    @property
+    def ready(self) -> bool:
+        return self.rebalanced and all(runner.warm for runner in self.runners.values())
+
+    def readiness(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "models_warm": {name: runner.warm for name, runner in self.runners.items()},
+            "partitions_assigned": self.rebalanced,
+            "input_partitions": sorted(tp.partition for tp in self.assigned if tp.topic == self.input_topic),
+        }
+
+
+def create_app(settings: Settings, runners: Mapping[str, ModelRunner] | None = None) -> faust.App:
+    runners = load_runners(settings) if runners is None else runners
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.topic_partitions,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        producer_request_timeout=30.0,
+        broker_commit_interval=1.0,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
+    state = WorkerState(runners, settings.input_topic)
+    input_topic = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
+    sink_topics = [
+        app.topic(name, key_serializer="raw", value_serializer="raw")
+        for name in (settings.output_topic, settings.dead_letter_topic)
+    ]
+
+    async def send(record: OutboundRecord) -> Awaitable[Any]:
+        return await app.producer.send(record.topic, record.key, record.value, None, None, record.headers)
+
+    crashes: set[asyncio.Future[None]] = set()
+
+    def crash(exc: BaseException) -> None:
+        future = asyncio.ensure_future(app.crash(exc))
+        crashes.add(future)  # keep a reference until it ran
+        future.add_done_callback(crashes.discard)
+
+    @app.agent(input_topic, name="predict")
+    async def predict(stream: faust.StreamT[bytes]) -> None:
+        for topic in sink_topics:
+            await topic.maybe_declare()
+        pipeline = InferencePipeline(settings, runners, send, on_crash=crash)
+        pipeline.start()
+        manual = cast(faust.Stream[bytes], stream).noack()
+        try:
+            async for event in manual.events():
+                message = event.message
+                record = InboundRecord(
+                    SourceRef(message.topic, message.partition, message.offset),
+                    message.key,
+                    message.value,
+                    _headers(message.headers),
+                )
+                await pipeline.submit(record, partial(manual.ack, event))
+        finally:
+            await asyncio.wait_for(asyncio.shield(pipeline.stop()), DRAIN_TIMEOUT_S)
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust types its receivers too narrowly
+    async def on_rebalance_complete(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        state.assigned = set(app.consumer.assignment())
+        state.rebalanced = True
+        log.info("rebalance complete; assigned: %s", ", ".join(sorted(map(str, state.assigned))) or "nothing")
+
+    register_views(app, state)
+    return app
+
+
+def _headers(raw: Any) -> list[tuple[str, bytes]]:
+    if isinstance(raw, Mapping):
+        return list(raw.items())
+    return list(raw or [])
+
+
+def register_views(app: faust.App, state: WorkerState) -> None:
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/ready")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            body = state.readiness()
+            return self.json(body, status=200 if body["ready"] else 503)
+
+    @app.page("/models")
+    class Models(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(
+                {
+                    name: {**runner.metadata.to_dict(), "device": str(runner.device), "warm": runner.warm}
+                    for name, runner in state.runners.items()
+                }
+            )

@@ -1,0 +1,239 @@
+"""A worker process against the real broker: a mix of valid and malformed events in, and
+exactly one prediction or dead letter out per event, nothing else, offsets committed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from jsonschema import Draft202012Validator
+
+from app.topics import ensure_topics
+from tests.integration.conftest import Names, WorkerProcess, running_worker, worker_env
+
+USERS = 20
+EVENTS_PER_USER = 25
+FEATURES = 30
+MAX_RECORD_BYTES = 4096
+
+
+def valid_event(user: int, seq: int) -> dict[str, Any]:
+    return {
+        "event_id": f"user-{user}-{seq}",
+        "user_id": f"user-{user}",
+        "features": [float((user * 7 + seq * 3 + i) % 50) for i in range(FEATURES)],
+        "timestamp": int(time.time() * 1000),
+    }
+
+
+def malformed_records() -> list[tuple[str, bytes | None]]:
+    """(expected error class, value) for every way an input can be unusable."""
+    good = valid_event(0, 0)
+    return [
+        ("empty_value", None),
+        ("oversized", orjson.dumps({**good, "padding": "x" * MAX_RECORD_BYTES})),
+        ("not_utf8", b"\xff\xfe\xfa" + orjson.dumps(good)),
+        ("invalid_json", b'{"user_id": "u", "features": [1, 2'),
+        ("schema_violation", orjson.dumps({k: v for k, v in good.items() if k != "user_id"})),
+        ("schema_violation", orjson.dumps({**good, "features": "1,2,3"})),
+        ("schema_violation", orjson.dumps({**good, "timestamp": "last tuesday"})),
+        ("non_finite", json.dumps({**good, "features": [math.nan] * FEATURES}).encode()),
+        ("wrong_feature_count", orjson.dumps({**good, "features": good["features"][:-3]})),
+        ("unknown_model", orjson.dumps({**good, "model": "no-such-model"})),
+    ]
+
+
+@dataclass
+class Run:
+    names: Names
+    worker: WorkerProcess
+    produced_valid: dict[str, tuple[int, int]] = field(default_factory=dict)  # event_id -> (partition, offset)
+    produced_bad: dict[bytes, tuple[str, bytes | None, int, int]] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    result_keys: list[bytes | None] = field(default_factory=list)
+    dead_letters: list[Any] = field(default_factory=list)
+    committed: dict[int, int] = field(default_factory=dict)
+    end_offsets: dict[int, int] = field(default_factory=dict)
+
+
+async def produce(bootstrap: str, run: Run) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=1 << 20)
+    await producer.start()
+    try:
+        bad = malformed_records()
+        sends = []
+        for seq in range(EVENTS_PER_USER):
+            for user in range(USERS):
+                event = valid_event(user, seq)
+                future = await producer.send(run.names.input_topic, orjson.dumps(event), key=f"user-{user}".encode())
+                sends.append(("valid", event["event_id"], future))
+            if seq < len(bad):
+                error_class, value = bad[seq]
+                key = f"bad-{seq}".encode()
+                headers = [("trace-id", f"trace-{seq}".encode())]
+                future = await producer.send(run.names.input_topic, value, key=key, headers=headers)
+                sends.append(("bad", key, future))
+        for kind, ident, future in sends:
+            metadata = await future
+            if kind == "valid":
+                run.produced_valid[ident] = (metadata.partition, metadata.offset)
+            else:
+                error_class, value = bad[int(ident.decode().split("-")[1])]
+                run.produced_bad[ident] = (error_class, value, metadata.partition, metadata.offset)
+    finally:
+        await producer.stop()
+
+
+async def collect(bootstrap: str, run: Run, timeout_s: float = 120.0, settle_s: float = 5.0) -> None:
+    consumer = AIOKafkaConsumer(
+        run.names.output_topic,
+        run.names.dead_letter_topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        expected = len(run.produced_valid) + len(run.produced_bad)
+        deadline = time.monotonic() + timeout_s
+        while len(run.results) + len(run.dead_letters) < expected and time.monotonic() < deadline:
+            await _poll(consumer, run)
+        settle_until = time.monotonic() + settle_s  # anything extra (a duplicate) would show up now
+        while time.monotonic() < settle_until:
+            await _poll(consumer, run)
+    finally:
+        await consumer.stop()
+
+
+async def _poll(consumer: AIOKafkaConsumer, run: Run) -> None:
+    for records in (await consumer.getmany(timeout_ms=500)).values():
+        for record in records:
+            if record.topic == run.names.output_topic:
+                run.results.append(orjson.loads(record.value))
+                run.result_keys.append(record.key)
+            else:
+                run.dead_letters.append(record)
+
+
+async def committed_offsets(bootstrap: str, run: Run, timeout_s: float = 30.0) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        partitions = [TopicPartition(run.names.input_topic, p) for p in range(4)]
+        run.end_offsets = {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            offsets = await admin.list_consumer_group_offsets(run.names.app_id, partitions=partitions)
+            run.committed = {tp.partition: meta.offset for tp, meta in offsets.items()}
+            if run.committed == run.end_offsets:
+                return
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+def run(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    import uuid
+
+    names = Names(uuid.uuid4().hex[:10])
+    tmp = tmp_path_factory.mktemp("pipeline")
+    topics = (names.input_topic, names.output_topic, names.dead_letter_topic)
+    asyncio.run(ensure_topics(bootstrap_servers, topics, partitions=4))
+    env = worker_env(bootstrap_servers, names, tmp, MAX_RECORD_BYTES=str(MAX_RECORD_BYTES), MAX_WAIT_MS="20")
+    with running_worker(env, tmp / "worker.log") as worker:
+        result = Run(names, worker)
+        asyncio.run(produce(bootstrap_servers, result))
+        asyncio.run(collect(bootstrap_servers, result))
+        asyncio.run(committed_offsets(bootstrap_servers, result))
+        yield result
+
+
+def test_every_valid_event_gets_exactly_one_prediction(run: Run) -> None:
+    counts: dict[str, int] = defaultdict(int)
+    for result in run.results:
+        counts[result["event_id"]] += 1
+    assert set(counts) == set(run.produced_valid), "predictions for events never sent, or events without one"
+    assert {event_id: n for event_id, n in counts.items() if n != 1} == {}
+
+
+def test_results_validate_and_point_back_at_their_source(run: Run, result_schema: Draft202012Validator) -> None:
+    for result in run.results:
+        result_schema.validate(result)
+        assert (result["partition"], result["offset"]) == run.produced_valid[result["event_id"]]
+        assert result["topic"] == run.names.input_topic
+        assert result["label"] in ("malignant", "benign")
+        assert 1 <= result["batch_size"] <= 256
+    assert run.result_keys == [r["user_id"].encode() for r in run.results]  # same key as the input
+
+
+def test_model_version_matches_the_loaded_model(run: Run) -> None:
+    status, body = run.worker.get("/models")
+    assert status == 200
+    loaded = orjson.loads(body)["breast-cancer"]
+    assert {(r["model_name"], r["model_version"]) for r in run.results} == {("breast-cancer", loaded["version"])}
+    assert loaded["warm"] is True and loaded["input_size"] == FEATURES
+
+
+def test_per_key_order_is_preserved(run: Run) -> None:
+    sequences: dict[str, list[int]] = defaultdict(list)
+    for result in run.results:
+        sequences[result["user_id"]].append(int(result["event_id"].rsplit("-", 1)[1]))
+    assert len(sequences) == USERS
+    for user, seqs in sequences.items():
+        assert seqs == sorted(seqs), f"{user}'s predictions arrived out of order: {seqs}"
+
+
+def test_every_malformed_record_is_dead_lettered_once_and_untouched(
+    run: Run, dead_letter_schema: Draft202012Validator
+) -> None:
+    assert sorted(r.key for r in run.dead_letters) == sorted(run.produced_bad)
+    for record in run.dead_letters:
+        error_class, value, partition, offset = run.produced_bad[record.key]
+        headers = {name: raw.decode() for name, raw in record.headers}
+        assert record.value == value, "the dead letter's value must be the original bytes"
+        assert headers["dlq.error.class"] == error_class, headers["dlq.error.reason"]
+        assert headers["dlq.source.topic"] == run.names.input_topic
+        assert (int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])) == (partition, offset)
+        assert headers["trace-id"] == f"trace-{record.key.decode().split('-')[1]}"
+        envelope = {
+            "key": base64.b64encode(record.key).decode(),
+            "value": None if record.value is None else base64.b64encode(record.value).decode(),
+            "headers": headers,
+        }
+        dead_letter_schema.validate(envelope)
+
+
+def test_offsets_are_committed_to_the_end_after_outputs_are_acknowledged(run: Run) -> None:
+    assert sum(run.end_offsets.values()) == len(run.produced_valid) + len(run.produced_bad)
+    assert run.committed == run.end_offsets
+
+
+def test_health_and_readiness_endpoints(run: Run) -> None:
+    assert run.worker.get("/health") == (200, b'{"status":"ok"}')
+    status, body = run.worker.get("/ready")
+    ready = orjson.loads(body)
+    assert status == 200 and ready["ready"] is True
+    assert ready["input_partitions"] == [0, 1, 2, 3]  # the only worker owns every input partition
+    assert run.worker.process.poll() is None, "bad input must not take the worker down"
+
+
+def test_the_worker_log_names_each_dead_letter(run: Run) -> None:
+    log = Path(run.worker.log).read_text()
+    for _key, (error_class, _value, partition, offset) in run.produced_bad.items():
+        assert f"{run.names.input_topic}[{partition}]@{offset}: {error_class}" in log

@@ -1,0 +1,88 @@
+"""Settings from the environment, and the CLI's one-line failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.errors import ConfigError
+from app.settings import REPO_ROOT, SETTINGS, Settings, describe
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.bootstrap_servers == "127.0.0.1:9092"
+    assert (settings.input_topic, settings.output_topic, settings.dead_letter_topic) == (
+        "events",
+        "predictions",
+        "events.dlq",
+    )
+    assert settings.model_names == ("breast-cancer",)
+    assert settings.default_model == "breast-cancer"
+
+
+def test_reads_and_converts_the_environment() -> None:
+    settings = Settings.from_env({"MAX_BATCH_SIZE": "64", "MODEL_NAMES": "a, b", "MODEL_HALF_PRECISION": "yes"})
+    assert settings.max_batch_size == 64
+    assert settings.model_names == ("a", "b")
+    assert settings.half_precision is True
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"MAX_BATCH_SIZE": "zero"}, "MAX_BATCH_SIZE='zero' is invalid"),
+        ({"MAX_BATCH_SIZE": "0"}, "must be >= 1"),
+        ({"WEB_PORT": "70000"}, "must be a TCP port"),
+        ({"MODEL_DEVICE": "tpu"}, "must be auto, cpu or cuda"),
+        ({"MODEL_HALF_PRECISION": "maybe"}, "not a boolean"),
+        ({"MODEL_NAMES": " , "}, "must name at least one model"),
+    ],
+)
+def test_bad_values_raise_one_clear_line(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_help_documents_every_setting() -> None:
+    text = describe()
+    for setting in SETTINGS:
+        assert setting.env in text
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
+    )
+
+
+def test_worker_with_bad_configuration_exits_with_one_line() -> None:
+    done = run_cli("worker", env={"MAX_WAIT_MS": "-1"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "inference-worker: configuration error: MAX_WAIT_MS='-1' is invalid: must be >= 0"
+    ]
+
+
+def test_worker_with_a_missing_model_exits_with_one_line(tmp_path: Path) -> None:
+    done = run_cli("worker", env={"MODEL_DIR": str(tmp_path)})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model 'breast-cancer' not found" in lines[0]
+
+
+def test_help_lists_the_settings() -> None:
+    done = run_cli("worker", "--help", env={})
+    assert done.returncode == 0
+    assert "KAFKA_BOOTSTRAP_SERVERS" in done.stdout and "MAX_WAIT_MS" in done.stdout
