@@ -115,16 +115,15 @@ async def test_in_flight_records_are_bounded(runner: ModelRunner) -> None:
     for delivery in producer.deliveries[:2]:
         delivery.set_result(None)
     await wait_until(lambda: submitted == 6)
-    while not feeder.done():
-        for delivery in producer.deliveries:
-            if not delivery.done():
-                delivery.set_result(None)
-        await asyncio.sleep(0.005)
-    for delivery in producer.deliveries:
-        if not delivery.done():
-            delivery.set_result(None)
+    async with asyncio.timeout(5):
+        while pipeline.counts.predicted < 10:
+            for delivery in producer.deliveries:
+                if not delivery.done():
+                    delivery.set_result(None)
+            await asyncio.sleep(0.005)
+    await feeder
     await pipeline.drain()
-    assert pipeline.counts.predicted == 10
+    assert pipeline.in_flight == 0
     await pipeline.stop()
 
 
