@@ -3,7 +3,8 @@
 A plain asyncio component with no Kafka or Faust in it. ``submit`` queues one item and
 returns a future; a single loop forms batches that close at ``max_batch_size`` items or
 ``max_wait_s`` after the first item's arrival, whichever comes first, and calls the handler
-once per batch. Every future gets exactly one outcome:
+once per batch (``on_batch`` hears each batch's queue waits first). Every future gets exactly
+one outcome:
 
 - the handler's output for that item, with the size of the batch it rode in;
 - or, when the handler keeps raising, a ``ModelError``. A failing batch is retried
@@ -51,7 +52,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int,
         max_wait_s: float,
         retries: int = 1,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[list[float]], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -121,7 +122,8 @@ class MicroBatcher(Generic[T, R]):
 
     async def _dispatch(self, batch: list[_Pending[T, R]]) -> None:
         if self._on_batch is not None:
-            self._on_batch(len(batch))
+            now = asyncio.get_running_loop().time()
+            self._on_batch([now - pending.arrived for pending in batch])
         await self._settle(batch, attempts=self._retries + 1)
 
     async def _settle(self, batch: list[_Pending[T, R]], attempts: int) -> None:

@@ -76,9 +76,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(settings: Settings) -> int:
     from faust.worker import Worker
 
+    from app.topics import ensure_topics, worker_topics
     from app.worker import create_app
 
     app = create_app(settings)
+    # faust subscribes only to topics that exist when it starts, and creates only its internal ones.
+    # The loop stays current: faust's worker runs on it next.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(
+        ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions)
+    )
     Worker(app, loglevel=settings.log_level).execute_from_commandline()
     return 0
 
@@ -86,10 +94,9 @@ def _worker(settings: Settings) -> int:
 async def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from app.loadgen import EventFactory, produce_events
     from app.registry import ModelRegistry
-    from app.topics import ensure_topics
+    from app.topics import ensure_topics, worker_topics
 
-    topics = (settings.input_topic, settings.output_topic, settings.dead_letter_topic)
-    await ensure_topics(settings.bootstrap_servers, topics, settings.topic_partitions)
+    await ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions)
     metadata = ModelRegistry(settings.model_dir).metadata(args.model or settings.default_model, settings.model_version)
     factory = EventFactory(metadata, seed=args.seed)
     report = await produce_events(

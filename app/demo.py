@@ -25,7 +25,7 @@ from app.loadgen import EventFactory, produce_events
 from app.registry import ModelRegistry
 from app.settings import Settings
 from app.tail import describe, follow
-from app.topics import ensure_topics
+from app.topics import ensure_topics, worker_topics
 
 READY_TIMEOUT_S = 180.0
 SHOWN_LINES = 15
@@ -47,8 +47,7 @@ def wait_ready(port: int, worker: subprocess.Popen[bytes], log_path: Path, timeo
 
 
 async def run_demo(settings: Settings, count: int, rate: float, malformed: float) -> int:
-    topics = (settings.input_topic, settings.output_topic, settings.dead_letter_topic)
-    await ensure_topics(settings.bootstrap_servers, topics, settings.topic_partitions)
+    await ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions)
     log_path = Path(settings.data_dir) / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:

@@ -76,7 +76,7 @@ def parse_event(value: bytes | None, source: SourceRef, max_bytes: int) -> Predi
         user_id=_string(document, "user_id"),
         features=_features(document),
         timestamp=document.get("timestamp", _MISSING),
-        event_time_ms=_event_time_ms(document.get("timestamp", _MISSING)),
+        event_time_ms=parse_timestamp_ms(document.get("timestamp", _MISSING)),
         model=_optional_string(document, "model"),
     )
 
@@ -135,7 +135,8 @@ def _features(document: dict[str, Any]) -> list[float]:
     return features
 
 
-def _event_time_ms(timestamp: Any) -> float:
+def parse_timestamp_ms(timestamp: Any) -> float:
+    """Epoch milliseconds of an event's ``timestamp``; raises InvalidRecord when it is not one."""
     if timestamp is _MISSING:
         raise InvalidRecord("schema_violation", "'timestamp' is missing")
     if isinstance(timestamp, bool):

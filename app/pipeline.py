@@ -16,21 +16,24 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.batcher import Batched, MicroBatcher
 from app.dead_letter import Headers, dead_letter_headers
+from app.delivery import InOrderConfirmer, OutboundRecord, Send
 from app.errors import InvalidRecord, RecordError
 from app.events import PredictionEvent, SourceRef, parse_event
+from app.metrics import Metrics
 from app.results import build_result, encode_result
 from app.runner import ModelOutput, ModelRunner
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_RESEND_BACKOFF_S = 30.0
+__all__ = ["Ack", "InboundRecord", "InferencePipeline", "OutboundRecord", "PipelineCounts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +42,9 @@ class InboundRecord:
     key: bytes | None
     value: bytes | None
     headers: Headers = field(default_factory=list)
+    timestamp_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundRecord:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-
-
-Send = Callable[[OutboundRecord], Awaitable[Awaitable[Any]]]
-"""Enqueue a record with the producer; the returned awaitable completes on the broker's ack."""
 Ack = Callable[[], Any]
 """Mark the input record done (may return an awaitable)."""
 
@@ -63,6 +57,10 @@ class _Work:
     runner: ModelRunner | None = None
     outcome: asyncio.Future[Batched[ModelOutput]] | None = None
     error: RecordError | None = None
+    latency_s: float = 0.0
+
+    def __str__(self) -> str:
+        return str(self.record.source)
 
 
 @dataclass(slots=True)
@@ -80,28 +78,21 @@ class InferencePipeline:
         runners: Mapping[str, ModelRunner],
         send: Send,
         on_crash: Callable[[BaseException], Any] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._runners = dict(runners)
         self._send = send
         self._on_crash = on_crash
+        self._metrics = metrics or Metrics()
         self.counts = PipelineCounts()
-        self._batchers = {
-            name: MicroBatcher[list[float], ModelOutput](
-                runner.predict_async,
-                max_batch_size=settings.max_batch_size,
-                max_wait_s=settings.max_wait_ms / 1000.0,
-                retries=settings.batch_retries,
-                on_batch=self._count_batch,
-            )
-            for name, runner in self._runners.items()
-        }
+        self._batchers = {name: self._batcher_for(runner) for name, runner in self._runners.items()}
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._to_emit: asyncio.Queue[_Work] = asyncio.Queue()
-        self._to_confirm: asyncio.Queue[tuple[_Work, OutboundRecord, Awaitable[Any]]] = asyncio.Queue()
+        self._confirmer = InOrderConfirmer[_Work](send, self._done, settings.publish_retry_backoff_s, "pipeline")
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -116,7 +107,7 @@ class InferencePipeline:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._emit_forever(), name="pipeline-emitter"),
-            loop.create_task(self._confirm_forever(), name="pipeline-acker"),
+            loop.create_task(self._confirmer.run_forever(), name="pipeline-acker"),
         ]
         for task in self._tasks:
             task.add_done_callback(self._task_done)
@@ -125,8 +116,10 @@ class InferencePipeline:
         """Accept one record; returns once it is queued (waits while too many are in flight)."""
         await self._slots.acquire()
         self._in_flight += 1
+        self._metrics.in_flight.inc()
         self._idle.clear()
         self.counts.consumed += 1
+        self._metrics.events_consumed.labels(record.source.topic).inc()
         self._to_emit.put_nowait(self._prepare(record, ack))
 
     async def drain(self) -> None:
@@ -141,6 +134,32 @@ class InferencePipeline:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+    def _batcher_for(self, runner: ModelRunner) -> MicroBatcher[list[float], ModelOutput]:
+        name, version = runner.metadata.name, runner.metadata.version
+        compute = self._metrics.compute.labels(name, version)
+        batch_size = self._metrics.batch_size.labels(name)
+        queue_wait = self._metrics.queue_wait.labels(name)
+
+        async def forward(rows: list[list[float]]) -> list[ModelOutput]:
+            started = time.perf_counter()
+            outputs = await runner.predict_async(rows)
+            compute.observe(time.perf_counter() - started)
+            return outputs
+
+        def on_batch(waits_s: list[float]) -> None:
+            self.counts.batches += 1
+            batch_size.observe(len(waits_s))
+            for wait_s in waits_s:
+                queue_wait.observe(wait_s)
+
+        return MicroBatcher(
+            forward,
+            max_batch_size=self._settings.max_batch_size,
+            max_wait_s=self._settings.max_wait_ms / 1000.0,
+            retries=self._settings.batch_retries,
+            on_batch=on_batch,
+        )
 
     def _prepare(self, record: InboundRecord, ack: Ack) -> _Work:
         work = _Work(record, ack)
@@ -169,8 +188,7 @@ class InferencePipeline:
         while True:
             work = await self._to_emit.get()
             outbound = await self._outbound(work)
-            delivery = await self._send(outbound)
-            self._to_confirm.put_nowait((work, outbound, delivery))
+            self._confirmer.put(work, outbound, await self._send(outbound))
 
     async def _outbound(self, work: _Work) -> OutboundRecord:
         record = work.record
@@ -183,48 +201,32 @@ class InferencePipeline:
                 assert work.event is not None and work.runner is not None
                 metadata = work.runner.metadata
                 result = build_result(work.event, batched.value, metadata, batched.batch_size, record.source)
+                work.latency_s = result["latency_ms"] / 1000.0
                 return OutboundRecord(self._settings.output_topic, record.key, encode_result(result), [])
         assert work.error is not None
         log.warning("dead-lettering %s: %s: %s", record.source, work.error.error_class, work.error.reason)
-        headers = dead_letter_headers(work.error, record.source, record.headers)
-        return OutboundRecord(self._settings.dead_letter_topic, record.key, record.value, headers)
+        runner = work.runner or self._runners[self._settings.default_model]
+        headers = dead_letter_headers(work.error, record.source, record.headers, runner.metadata)
+        return OutboundRecord(self._settings.dead_letter_topic, record.key, record.value, headers, record.timestamp_ms)
 
-    async def _confirm_forever(self) -> None:
-        while True:
-            work, outbound, delivery = await self._to_confirm.get()
-            await self._await_delivery(outbound, delivery, work.record.source)
-            acked = work.ack()
-            if inspect.isawaitable(acked):
-                await acked
-            if work.error is None:
-                self.counts.predicted += 1
-            else:
-                self.counts.dead_lettered += 1
-            self._in_flight -= 1
-            self._slots.release()
-            if self._in_flight == 0:
-                self._idle.set()
-
-    async def _await_delivery(self, outbound: OutboundRecord, delivery: Awaitable[Any], source: SourceRef) -> None:
-        backoff = self._settings.publish_retry_backoff_s
-        while True:
-            try:
-                await delivery
-                return
-            except Exception as exc:  # noqa: BLE001 - never ack what the broker did not take
-                log.error(
-                    "output of %s to %s not acknowledged (%r); re-sending in %.1fs",
-                    source,
-                    outbound.topic,
-                    exc,
-                    backoff,
-                )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_RESEND_BACKOFF_S)
-            delivery = await self._send(outbound)
-
-    def _count_batch(self, size: int) -> None:
-        self.counts.batches += 1
+    async def _done(self, work: _Work) -> None:
+        acked = work.ack()
+        if inspect.isawaitable(acked):
+            await acked
+        if work.error is None:
+            assert work.runner is not None
+            self.counts.predicted += 1
+            metadata = work.runner.metadata
+            self._metrics.predictions.labels(metadata.name, metadata.version).inc()
+            self._metrics.end_to_end.labels(metadata.name).observe(max(work.latency_s, 0.0))
+        else:
+            self.counts.dead_lettered += 1
+            self._metrics.dead_letters.labels(work.error.error_class).inc()
+        self._in_flight -= 1
+        self._metrics.in_flight.dec()
+        self._slots.release()
+        if self._in_flight == 0:
+            self._idle.set()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:

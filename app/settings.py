@@ -74,6 +74,15 @@ SETTINGS: tuple[Setting, ...] = (
         "topic records that cannot be predicted go to, untouched, with the reason in headers",
     ),
     Setting(
+        "session_timeout_s",
+        "KAFKA_SESSION_TIMEOUT_S",
+        float,
+        "30",
+        "a worker silent this long leaves the consumer group and its partitions move (3-300 s)",
+        lambda v: 3 <= v <= 300,
+        "must be between 3 and 300 seconds",
+    ),
+    Setting(
         "topic_partitions",
         "TOPIC_PARTITIONS",
         int,
@@ -178,7 +187,41 @@ SETTINGS: tuple[Setting, ...] = (
         _positive,
         "must be > 0",
     ),
-    Setting("web_host", "WEB_HOST", str, "127.0.0.1", "bind address of /health, /ready, /models"),
+    Setting("stats_topic", "STATS_TOPIC", str, "prediction-stats", "topic WindowStats records go to"),
+    Setting(
+        "stats_window_s",
+        "STATS_WINDOW_S",
+        float,
+        "60",
+        "length of the tumbling statistics windows, seconds",
+        _positive,
+        "must be > 0",
+    ),
+    Setting(
+        "stats_lateness_s",
+        "STATS_LATENESS_S",
+        float,
+        "10",
+        "how late (event time) a prediction may arrive and still count in its window",
+        lambda v: v >= 0,
+        "must be >= 0",
+    ),
+    Setting(
+        "stats_idle_grace_s",
+        "STATS_IDLE_GRACE_S",
+        float,
+        "30",
+        "after this long without traffic, event time follows the wall clock so idle windows close",
+        _positive,
+        "must be > 0",
+    ),
+    Setting(
+        "web_host",
+        "WEB_HOST",
+        str,
+        "127.0.0.1",
+        "bind address of the web server (/health, /ready, /models, /stats, /metrics)",
+    ),
     Setting(
         "web_port",
         "WEB_PORT",
@@ -208,6 +251,7 @@ class Settings:
     input_topic: str
     output_topic: str
     dead_letter_topic: str
+    session_timeout_s: float
     topic_partitions: int
     model_dir: Path
     model_names: tuple[str, ...]
@@ -221,6 +265,10 @@ class Settings:
     max_in_flight: int
     max_record_bytes: int
     publish_retry_backoff_s: float
+    stats_topic: str
+    stats_window_s: float
+    stats_lateness_s: float
+    stats_idle_grace_s: float
     web_host: str
     web_port: int
     data_dir: Path

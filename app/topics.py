@@ -8,7 +8,14 @@ from collections.abc import Iterable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from app.settings import Settings
+
 log = logging.getLogger(__name__)
+
+
+def worker_topics(settings: Settings) -> tuple[str, ...]:
+    """The topics a worker reads and writes, besides Faust's internal ones."""
+    return (settings.input_topic, settings.output_topic, settings.dead_letter_topic, settings.stats_topic)
 
 
 async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> None:

@@ -1,4 +1,4 @@
-"""The Faust app: the inference agent, its topics, and the web endpoints.
+"""The Faust app: the inference agent, the statistics agents, and the web endpoints.
 
 ``create_app`` loads and warms the models before Faust starts, so a worker that joins the
 consumer group can predict at once, and a model that cannot load stops the start with one line.
@@ -18,15 +18,19 @@ from typing import Any, cast
 import faust
 from faust.web import Request, Response, View
 
+from app.delivery import OutboundRecord
 from app.events import SourceRef
-from app.pipeline import InboundRecord, InferencePipeline, OutboundRecord
+from app.metrics import Metrics
+from app.pipeline import InboundRecord, InferencePipeline
 from app.registry import ModelRegistry
 from app.runner import ModelRunner, pick_device
 from app.settings import Settings
+from app.stats import StatsAgents
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 30.0
+LAG_INTERVAL_S = 5.0
 
 
 def load_runners(settings: Settings) -> dict[str, ModelRunner]:
@@ -67,8 +71,12 @@ class WorkerState:
         }
 
 
-def create_app(settings: Settings, runners: Mapping[str, ModelRunner] | None = None) -> faust.App:
+def create_app(
+    settings: Settings, runners: Mapping[str, ModelRunner] | None = None, metrics: Metrics | None = None
+) -> faust.App:
     runners = load_runners(settings) if runners is None else runners
+    metrics = metrics or Metrics()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
@@ -79,6 +87,8 @@ def create_app(settings: Settings, runners: Mapping[str, ModelRunner] | None = N
         consumer_auto_offset_reset="earliest",
         producer_request_timeout=30.0,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 10,
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
@@ -88,11 +98,12 @@ def create_app(settings: Settings, runners: Mapping[str, ModelRunner] | None = N
     input_topic = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
     sink_topics = [
         app.topic(name, key_serializer="raw", value_serializer="raw")
-        for name in (settings.output_topic, settings.dead_letter_topic)
+        for name in (settings.output_topic, settings.dead_letter_topic, settings.stats_topic)
     ]
 
     async def send(record: OutboundRecord) -> Awaitable[Any]:
-        return await app.producer.send(record.topic, record.key, record.value, None, None, record.headers)
+        timestamp_s = None if record.timestamp_ms is None else record.timestamp_ms / 1000.0
+        return await app.producer.send(record.topic, record.key, record.value, None, timestamp_s, record.headers)
 
     crashes: set[asyncio.Future[None]] = set()
 
@@ -105,19 +116,12 @@ def create_app(settings: Settings, runners: Mapping[str, ModelRunner] | None = N
     async def predict(stream: faust.StreamT[bytes]) -> None:
         for topic in sink_topics:
             await topic.maybe_declare()
-        pipeline = InferencePipeline(settings, runners, send, on_crash=crash)
+        pipeline = InferencePipeline(settings, runners, send, on_crash=crash, metrics=metrics)
         pipeline.start()
         manual = cast(faust.Stream[bytes], stream).noack()
         try:
             async for event in manual.events():
-                message = event.message
-                record = InboundRecord(
-                    SourceRef(message.topic, message.partition, message.offset),
-                    message.key,
-                    message.value,
-                    _headers(message.headers),
-                )
-                await pipeline.submit(record, partial(manual.ack, event))
+                await pipeline.submit(inbound_record(event.message), partial(manual.ack, event))
         finally:
             await asyncio.wait_for(asyncio.shield(pipeline.stop()), DRAIN_TIMEOUT_S)
 
@@ -127,17 +131,46 @@ def create_app(settings: Settings, runners: Mapping[str, ModelRunner] | None = N
         state.rebalanced = True
         log.info("rebalance complete; assigned: %s", ", ".join(sorted(map(str, state.assigned))) or "nothing")
 
-    register_views(app, state)
+    async def report_lag() -> None:
+        update_consumer_lag(app, metrics, settings.input_topic)
+
+    app.timer(LAG_INTERVAL_S)(report_lag)
+
+    stats = StatsAgents(app, settings, send, metrics)
+    metrics.worker_up.set(1)
+    for runner in runners.values():
+        metrics.model_info.labels(runner.metadata.name, runner.metadata.version, str(runner.device)).set(1)
+    register_views(app, state, stats, metrics)
     return app
 
 
-def _headers(raw: Any) -> list[tuple[str, bytes]]:
-    if isinstance(raw, Mapping):
-        return list(raw.items())
-    return list(raw or [])
+def inbound_record(message: Any) -> InboundRecord:
+    headers = message.headers
+    return InboundRecord(
+        SourceRef(message.topic, message.partition, message.offset),
+        message.key,
+        message.value,
+        list(headers.items()) if isinstance(headers, Mapping) else list(headers or []),
+        None if message.timestamp is None else int(message.timestamp * 1000),
+    )
 
 
-def register_views(app: faust.App, state: WorkerState) -> None:
+def update_consumer_lag(app: faust.App, metrics: Metrics, topic: str) -> None:
+    """Lag = the partition's high watermark minus this group's committed offset, per assigned partition."""
+    consumer: Any = app.consumer
+    metrics.consumer_lag.clear()
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor for it
+        lag = highwater - (committed if committed is not None else 0)
+        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+
+
+def register_views(app: faust.App, state: WorkerState, stats: StatsAgents, metrics: Metrics) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
@@ -158,3 +191,13 @@ def register_views(app: faust.App, state: WorkerState) -> None:
                     for name, runner in state.runners.items()
                 }
             )
+
+    @app.page("/stats")
+    class Stats(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(stats.snapshot())
+
+    @app.page("/metrics")
+    class PrometheusMetrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(metrics.exposition(), content_type=metrics.content_type)

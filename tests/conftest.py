@@ -31,3 +31,8 @@ def result_schema() -> Draft202012Validator:
 @pytest.fixture(scope="session")
 def dead_letter_schema() -> Draft202012Validator:
     return load_schema("dead_letter")
+
+
+@pytest.fixture(scope="session")
+def window_stats_schema() -> Draft202012Validator:
+    return load_schema("window_stats")

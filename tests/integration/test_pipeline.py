@@ -19,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from jsonschema import Draft202012Validator
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.topics import ensure_topics
 from tests.integration.conftest import Names, WorkerProcess, running_worker, worker_env
@@ -66,6 +67,24 @@ class Run:
     dead_letters: list[Any] = field(default_factory=list)
     committed: dict[int, int] = field(default_factory=dict)
     end_offsets: dict[int, int] = field(default_factory=dict)
+    metrics_before: Samples = field(default_factory=dict)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(worker: WorkerProcess) -> Samples:
+    status, body = worker.get("/metrics")
+    assert status == 200
+    samples: Samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, metric: str, **labels: str) -> float | None:
+    return samples.get((metric, frozenset(labels.items())))
 
 
 async def produce(bootstrap: str, run: Run) -> None:
@@ -158,6 +177,7 @@ def run(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     env = worker_env(bootstrap_servers, names, tmp, MAX_RECORD_BYTES=str(MAX_RECORD_BYTES), MAX_WAIT_MS="20")
     with running_worker(env, tmp / "worker.log") as worker:
         result = Run(names, worker)
+        result.metrics_before = scrape(worker)
         asyncio.run(produce(bootstrap_servers, result))
         asyncio.run(collect(bootstrap_servers, result))
         asyncio.run(committed_offsets(bootstrap_servers, result))
@@ -237,3 +257,41 @@ def test_the_worker_log_names_each_dead_letter(run: Run) -> None:
     log = Path(run.worker.log).read_text()
     for _key, (error_class, _value, partition, offset) in run.produced_bad.items():
         assert f"{run.names.input_topic}[{partition}]@{offset}: {error_class}" in log
+
+
+def test_metrics_count_what_flowed(run: Run) -> None:
+    before, after = run.metrics_before, scrape(run.worker)
+    valid, bad = len(run.produced_valid), len(run.produced_bad)
+    model = {"model": "breast-cancer"}
+    version = {"model": "breast-cancer", "version": "1"}
+    assert value(before, "inference_predictions_total", **version) is None  # nothing had flowed yet
+    assert value(after, "inference_predictions_total", **version) == valid
+    assert value(after, "inference_events_consumed_total", topic=run.names.input_topic) == valid + bad
+    expected_reasons: dict[str, int] = defaultdict(int)
+    for error_class, *_ in run.produced_bad.values():
+        expected_reasons[error_class] += 1
+    for reason, count in expected_reasons.items():
+        assert value(after, "inference_dead_letters_total", reason=reason) == count
+    assert value(after, "inference_queue_wait_seconds_count", **model) == valid
+    assert value(after, "inference_end_to_end_latency_seconds_count", **model) == valid
+    batches = value(after, "inference_batch_size_count", **model)
+    assert batches is not None and 1 <= batches <= valid
+    assert value(after, "inference_batch_size_sum", **model) == valid
+    assert value(after, "inference_model_compute_seconds_count", **version) == batches
+    assert value(after, "inference_records_in_flight") == 0
+    assert value(after, "inference_worker_up") == 1
+    assert value(after, "inference_model_info", name="breast-cancer", version="1", device="cpu") == 1
+
+
+def test_consumer_lag_is_exported_per_partition_and_drains_to_zero(run: Run) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        lags = {
+            dict(labels)["partition"]: sample
+            for (name, labels), sample in scrape(run.worker).items()
+            if name == "inference_consumer_lag"
+        }
+        if set(lags) == {"0", "1", "2", "3"} and all(lag == 0 for lag in lags.values()):
+            return
+        assert time.monotonic() < deadline, f"lag never drained to 0: {lags}"
+        time.sleep(1)

@@ -51,7 +51,7 @@ def test_result_schema_rejects_unknown_fields(result_schema: Draft202012Validato
 @pytest.mark.parametrize("error", [InvalidRecord("invalid_json", "bad"), ModelError("boom")])
 def test_dead_letter_envelope_validates(error: InvalidRecord, dead_letter_schema: Draft202012Validator) -> None:
     original = [("trace-id", b"abc")]
-    headers = dead_letter_headers(error, SOURCE, original)
+    headers = dead_letter_headers(error, SOURCE, original, CLASSIFIER)
     assert headers[0] == ("trace-id", b"abc")  # the record's own headers come first, untouched
     envelope = {
         "key": base64.b64encode(b"k").decode(),
@@ -61,6 +61,7 @@ def test_dead_letter_envelope_validates(error: InvalidRecord, dead_letter_schema
     dead_letter_schema.validate(envelope)
     assert envelope["headers"]["dlq.error.class"] == error.error_class
     assert envelope["headers"]["dlq.source.offset"] == "99"
+    assert (envelope["headers"]["dlq.model.name"], envelope["headers"]["dlq.model.version"]) == ("m", "7")
 
 
 def test_dead_letter_schema_lists_every_error_class(dead_letter_schema: Draft202012Validator) -> None:

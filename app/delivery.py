@@ -1,0 +1,73 @@
+"""Confirming deliveries in order: a record's input is acked only after the broker took its output.
+
+Used by the inference pipeline and the statistics agents alike. Outputs are confirmed in the
+order they were enqueued; one the broker rejects (or that times out) is re-sent with
+exponential backoff and is never reported done until it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from app.dead_letter import Headers
+
+log = logging.getLogger(__name__)
+
+MAX_RESEND_BACKOFF_S = 30.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    timestamp_ms: int | None = None
+
+
+Send = Callable[[OutboundRecord], Awaitable[Awaitable[Any]]]
+"""Enqueue a record with the producer; the returned awaitable completes on the broker's ack."""
+
+
+class InOrderConfirmer(Generic[T]):
+    def __init__(self, send: Send, on_confirmed: Callable[[T], Any], backoff_s: float, name: str) -> None:
+        self._send = send
+        self._on_confirmed = on_confirmed
+        self._backoff_s = backoff_s
+        self._name = name
+        self._queue: asyncio.Queue[tuple[T, OutboundRecord, Awaitable[Any]]] = asyncio.Queue()
+
+    def put(self, item: T, outbound: OutboundRecord, delivery: Awaitable[Any]) -> None:
+        self._queue.put_nowait((item, outbound, delivery))
+
+    async def run_forever(self) -> None:
+        while True:
+            item, outbound, delivery = await self._queue.get()
+            await confirm(self._send, outbound, delivery, self._backoff_s, f"{self._name}: output for {item}")
+            done = self._on_confirmed(item)
+            if inspect.isawaitable(done):
+                await done
+
+
+async def confirm(send: Send, outbound: OutboundRecord, delivery: Awaitable[Any], backoff_s: float, what: str) -> None:
+    """Wait for the broker's ack of ``outbound``, re-sending it with backoff until one comes."""
+    while True:
+        try:
+            await delivery
+            return
+        except Exception as exc:  # noqa: BLE001 - never report done what the broker did not take
+            log.error("%s to %s not acknowledged (%r); re-sending in %.1fs", what, outbound.topic, exc, backoff_s)
+        await asyncio.sleep(backoff_s)
+        backoff_s = min(backoff_s * 2, MAX_RESEND_BACKOFF_S)
+        delivery = await send(outbound)
+
+
+async def publish(send: Send, outbound: OutboundRecord, backoff_s: float, what: str) -> None:
+    """Send one record and wait until the broker acknowledged it."""
+    await confirm(send, outbound, await send(outbound), backoff_s, what)

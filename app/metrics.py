@@ -1,0 +1,95 @@
+"""Every Prometheus metric the worker exports, declared in one place against one registry.
+
+Names follow Prometheus conventions: the ``inference_`` namespace, snake_case, base units
+(seconds), ``_total`` for counters. Queue wait and model compute are separate histograms, as
+Triton splits them. Tests create a fresh ``Metrics`` (and registry) each.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+FAST_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+LATENCY_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    content_type = "text/plain; version=0.0.4"  # the text exposition format (UTF-8)
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "inference_events_consumed_total", "Input records read from Kafka.", ["topic"], registry=r
+        )
+        self.predictions = Counter(
+            "inference_predictions_total",
+            "PredictionResult records acknowledged by the broker.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "inference_dead_letters_total",
+            "Records dead-lettered (acknowledged by the broker), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size", "Records per model forward.", ["model"], buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "inference_queue_wait_seconds",
+            "Time a record waited for its batch's forward to start.",
+            ["model"],
+            buckets=FAST_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "inference_model_compute_seconds",
+            "Duration of one batched model forward.",
+            ["model", "version"],
+            buckets=FAST_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "inference_end_to_end_latency_seconds",
+            "From the event's timestamp to publishing its prediction.",
+            ["model"],
+            buckets=LATENCY_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "inference_records_in_flight",
+            "Records read but not yet acknowledged (bounded by MAX_IN_FLIGHT).",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "inference_consumer_lag",
+            "Records behind the partition's high watermark (autoscaling signal).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "inference_model_info",
+            "Loaded models: always 1, the labels carry the facts.",
+            ["name", "version", "device"],
+            registry=r,
+        )
+        self.worker_up = Gauge("inference_worker_up", "1 while the worker runs.", registry=r)
+        self.stats_windows_closed = Counter(
+            "inference_stats_windows_closed_total", "WindowStats records published.", ["model", "version"], registry=r
+        )
+        self.stats_late = Counter(
+            "inference_stats_late_observations_total",
+            "Predictions or dead letters that arrived after their window had closed.",
+            registry=r,
+        )
+        self.stats_skipped = Counter(
+            "inference_stats_unreadable_records_total",
+            "Records on the predictions or dead-letter topic the statistics agents could not read.",
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,149 @@
+"""Windowed statistics against the real broker, across a worker killed mid-window.
+
+One event-time window gets events before and after a SIGKILL of the worker; a second worker,
+with an empty data folder, recovers the window from the table's changelog. The closed window
+must be published exactly once, with a count equal to the predictions whose event time lies
+in it (including any duplicates at-least-once delivery produced after the kill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from jsonschema import Draft202012Validator
+
+from app.events import parse_timestamp_ms
+from app.topics import ensure_topics
+from tests.integration.conftest import Names, running_worker, worker_env
+
+WINDOW_S = 10
+LATENESS_S = 2
+FEATURES = 30
+
+
+def event(index: int, timestamp_ms: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"e-{index}",
+            "user_id": f"user-{index % 7}",
+            "features": [float((index + i) % 40) for i in range(FEATURES)],
+            "timestamp": timestamp_ms,
+        }
+    )
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, int]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=b"k", timestamp_ms=ts) for value, ts in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[Any]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            for batch in (await consumer.getmany(timeout_ms=300)).values():
+                records += batch
+                last = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records
+
+
+def wait_for(condition: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(400)
+def test_a_window_survives_a_killed_worker_and_closes_exactly_once(
+    bootstrap_servers: str, tmp_path: Path, window_stats_schema: Draft202012Validator
+) -> None:
+    names = Names(uuid.uuid4().hex[:10])
+    stats_topic = f"it-{names.run}-stats"
+    topics = (names.input_topic, names.output_topic, names.dead_letter_topic, stats_topic)
+    asyncio.run(ensure_topics(bootstrap_servers, topics, partitions=4))
+    window_start = (int(time.time() * 1000) // (WINDOW_S * 1000) - 6) * WINDOW_S * 1000  # a past window
+    in_window = [window_start + 100 + i * 20 for i in range(300)]
+    settings = {
+        "STATS_TOPIC": stats_topic,
+        "STATS_WINDOW_S": str(WINDOW_S),
+        "STATS_LATENESS_S": str(LATENESS_S),
+        "STATS_IDLE_GRACE_S": "300",  # only event time closes the window in this test
+        "KAFKA_SESSION_TIMEOUT_S": "6",
+    }
+
+    first = [(event(i, in_window[i]), in_window[i]) for i in range(150)] + [
+        (b"{not json", in_window[150 + i]) for i in range(4)
+    ]
+    second = [(event(i, in_window[i]), in_window[i]) for i in range(160, 260)] + [
+        (b"\xff", in_window[290 + i]) for i in range(3)
+    ]
+    closing_time = window_start + (WINDOW_S + LATENESS_S + 1) * 1000
+    closing = [(event(999, closing_time), closing_time)]
+
+    env = worker_env(bootstrap_servers, names, tmp_path / "a", **settings)
+    with running_worker(env, tmp_path / "worker-a.log") as worker_a:
+        asyncio.run(produce(bootstrap_servers, names.input_topic, first))
+        wait_for(
+            lambda: len(asyncio.run(read_all(bootstrap_servers, names.output_topic, 1.0))) >= 150,
+            60,
+            "the first predictions",
+        )
+        time.sleep(2.0)  # let the statistics agents take in part of the window
+        worker_a.process.kill()
+        worker_a.process.wait()
+
+    env = worker_env(bootstrap_servers, names, tmp_path / "b", **settings)  # empty data folder: recover from Kafka
+    with running_worker(env, tmp_path / "worker-b.log", ready_timeout_s=180) as worker_b:
+        asyncio.run(produce(bootstrap_servers, names.input_topic, second + closing))
+        key = f"breast-cancer|1|{window_start}".encode()
+
+        def published() -> list[Any]:
+            return [r for r in asyncio.run(read_all(bootstrap_servers, stats_topic, 1.0)) if r.key == key]
+
+        wait_for(published, 120, "the window's statistics")
+        time.sleep(4.0)  # a second publication, if any, would show up now
+        records = published()
+        status, body = worker_b.get("/stats")
+
+    assert len(records) == 1, f"expected one WindowStats record, got {len(records)}"
+    stats = orjson.loads(records[0].value)
+    window_stats_schema.validate(stats)
+
+    end = window_start + WINDOW_S * 1000
+    predictions = [orjson.loads(r.value) for r in asyncio.run(read_all(bootstrap_servers, names.output_topic))]
+    in_it = [p for p in predictions if window_start <= parse_timestamp_ms(p["timestamp"]) < end]
+    dead = [
+        r
+        for r in asyncio.run(read_all(bootstrap_servers, names.dead_letter_topic))
+        if window_start <= r.timestamp < end
+    ]
+    assert {p["event_id"] for p in in_it} == {f"e-{i}" for i in [*range(150), *range(160, 260)]}
+    assert stats["count"] == len(in_it)
+    assert stats["dead_letter_count"] == len(dead) >= 7
+    assert sum(stats["labels"].values()) == stats["count"]
+    assert stats["latency_ms"]["p50"] is not None and stats["drift"]["value"] is not None
+
+    assert status == 200
+    closed = orjson.loads(body)["closed"]
+    assert any(s["window_start"] == stats["window_start"] and s["count"] == stats["count"] for s in closed)
