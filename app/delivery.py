@@ -29,6 +29,8 @@ class OutboundRecord:
     value: bytes | None
     headers: Headers
     timestamp_ms: int | None = None
+    partition: int | None = None
+    """None lets the producer's partitioner pick (by key hash)."""
 
 
 Send = Callable[[OutboundRecord], Awaitable[Awaitable[Any]]]

@@ -17,7 +17,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,27 @@ class PipelineCounts:
     batches: int = 0
 
 
+class Credits:
+    """A counting gate for records in flight, for one acquiring task: acquire(n) waits until n are free."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._available = total
+        self._freed = asyncio.Event()
+
+    async def acquire(self, n: int) -> None:
+        if n > self.total:
+            raise ValueError(f"cannot take {n} of {self.total} credits at once")
+        while self._available < n:
+            self._freed.clear()
+            await self._freed.wait()
+        self._available -= n
+
+    def release(self, n: int = 1) -> None:
+        self._available += n
+        self._freed.set()
+
+
 class InferencePipeline:
     def __init__(
         self,
@@ -87,11 +108,11 @@ class InferencePipeline:
         self._metrics = metrics or Metrics()
         self.counts = PipelineCounts()
         self._batchers = {name: self._batcher_for(runner) for name, runner in self._runners.items()}
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._credits = Credits(settings.max_in_flight)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._to_emit: asyncio.Queue[_Work] = asyncio.Queue()
+        self._to_emit: asyncio.Queue[list[_Work]] = asyncio.Queue()
         self._confirmer = InOrderConfirmer[_Work](send, self._done, settings.publish_retry_backoff_s, "pipeline")
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -114,13 +135,24 @@ class InferencePipeline:
 
     async def submit(self, record: InboundRecord, ack: Ack) -> None:
         """Accept one record; returns once it is queued (waits while too many are in flight)."""
-        await self._slots.acquire()
-        self._in_flight += 1
-        self._metrics.in_flight.inc()
-        self._idle.clear()
-        self.counts.consumed += 1
-        self._metrics.events_consumed.labels(record.source.topic).inc()
-        self._to_emit.put_nowait(self._prepare(record, ack))
+        await self.submit_many([(record, ack)])
+
+    async def submit_many(self, records: Sequence[tuple[InboundRecord, Ack]]) -> None:
+        """Accept records in order; waits while accepting them would exceed MAX_IN_FLIGHT."""
+        limit = self._credits.total
+        for start in range(0, len(records), limit):
+            chunk = records[start : start + limit]
+            await self._credits.acquire(len(chunk))
+            self._in_flight += len(chunk)
+            self._metrics.in_flight.inc(len(chunk))
+            self._idle.clear()
+            self.counts.consumed += len(chunk)
+            per_topic: dict[str, int] = {}
+            for record, _ in chunk:
+                per_topic[record.source.topic] = per_topic.get(record.source.topic, 0) + 1
+            for topic, count in per_topic.items():
+                self._metrics.events_consumed.labels(topic).inc(count)
+            self._to_emit.put_nowait([self._prepare(record, ack) for record, ack in chunk])
 
     async def drain(self) -> None:
         """Wait until every submitted record is delivered and acked."""
@@ -186,9 +218,9 @@ class InferencePipeline:
 
     async def _emit_forever(self) -> None:
         while True:
-            work = await self._to_emit.get()
-            outbound = await self._outbound(work)
-            self._confirmer.put(work, outbound, await self._send(outbound))
+            for work in await self._to_emit.get():
+                outbound = await self._outbound(work)
+                self._confirmer.put(work, outbound, await self._send(outbound))
 
     async def _outbound(self, work: _Work) -> OutboundRecord:
         record = work.record
@@ -224,7 +256,7 @@ class InferencePipeline:
             self._metrics.dead_letters.labels(work.error.error_class).inc()
         self._in_flight -= 1
         self._metrics.in_flight.dec()
-        self._slots.release()
+        self._credits.release()
         if self._in_flight == 0:
             self._idle.set()
 

@@ -187,6 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
         _positive,
         "must be > 0",
     ),
+    Setting("stats_enabled", "STATS_ENABLED", _bool, "true", "run the windowed statistics agents in this worker"),
     Setting("stats_topic", "STATS_TOPIC", str, "prediction-stats", "topic WindowStats records go to"),
     Setting(
         "stats_window_s",
@@ -265,6 +266,7 @@ class Settings:
     max_in_flight: int
     max_record_bytes: int
     publish_retry_backoff_s: float
+    stats_enabled: bool
     stats_topic: str
     stats_window_s: float
     stats_lateness_s: float

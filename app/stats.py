@@ -1,15 +1,21 @@
 """Windowed statistics agents: what each model version is doing right now.
 
-Two Faust agents run beside the inference agent in the same app:
+Two Faust agents run beside the inference agent in the same app, in two stages:
 
-1. ``stats-observe`` reads the predictions and dead-letter topics, reduces each record to an
-   ``Observation`` and forwards it to an internal feed topic keyed by model and version, so
-   every window of one model version is owned by one feed partition (and one worker).
-2. ``stats-windows`` applies observations to ``WindowAggregate``s in a changelog-backed Faust
-   table. Each aggregate remembers the highest offset it applied per source partition, so a
-   restarted or rebalanced worker replays without counting twice. Once a second, a tick per
-   feed partition closes the windows whose end plus the allowed lateness the watermark has
-   passed, publishing exactly one WindowStats record each.
+1. ``stats-observe`` receives the predictions and dead-letter topics a fetch at a time and
+   folds each record into a partial ``WindowAggregate`` per (model, version, window, source
+   partition), kept in the ``stats-partials`` table whose changelog partition is the source
+   partition, so each partial has exactly one writer. A partial remembers the highest offset
+   it applied: replays after a crash or rebalance never count twice. Records are acked only
+   after the table's changelog has them.
+2. Once a second, for each source partition it owns, a worker computes the watermark (the
+   highest event time seen; it follows the wall clock once the partition is caught up and idle
+   for STATS_IDLE_GRACE_S), sends every partial whose window end plus the allowed lateness the
+   watermark passed to the internal feed topic (keyed by model, version and window), then
+   reports the watermark itself to every feed partition.
+3. ``stats-merge`` keeps, per window, the partials of every source in the ``stats-windows``
+   table. When every source partition has reported a watermark past the window's end plus
+   lateness, it publishes exactly one WindowStats record and marks the window closed.
 
 faust's ``on_window_close`` is not used: it fires from a wall-clock timer and windows restored
 from the changelog after a restart may never fire.
@@ -27,19 +33,20 @@ from typing import Any, cast
 import faust
 import orjson
 
-from app.delivery import InOrderConfirmer, OutboundRecord, Send, publish
+from app.delivery import OutboundRecord, Send, publish
 from app.errors import ModelLoadError, RecordError
 from app.events import parse_timestamp_ms
 from app.metrics import Metrics
 from app.registry import ModelRegistry
 from app.settings import Settings
+from app.transport import BatchingConsumer, InputBatch, WorkerApp
 from app.windows import Observation, WindowAggregate, window_key, window_start_ms, window_stats
 
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 1.0
 CLOSED_WINDOWS_KEPT = 10
-"""Closed windows stay in the table (and /stats) for this many window lengths."""
+"""Closed windows stay in the tables (and /stats) for this many window lengths."""
 
 
 def observation_from(message: Any, settings: Settings) -> Observation:
@@ -69,142 +76,238 @@ def observation_from(message: Any, settings: Settings) -> Observation:
     )
 
 
-class Watermarks:
-    """Per feed partition: the highest event time seen, advancing with the wall clock when idle."""
+class SourceClock:
+    """Per source partition: the highest event time seen, and when the last record was seen."""
 
     def __init__(self, idle_grace_s: float) -> None:
         self._idle_grace_ms = idle_grace_s * 1000.0
-        self._event_ms: dict[int, float] = {}
-        self._seen_at_ms: dict[int, float] = {}
+        self._event_ms: dict[str, float] = {}
+        self._seen_at_ms: dict[str, float] = {}
 
-    def observe(self, partition: int, event_time_ms: float, now_ms: float) -> None:
-        self._event_ms[partition] = max(self._event_ms.get(partition, event_time_ms), event_time_ms)
-        self._seen_at_ms[partition] = now_ms
+    def observe(self, source: str, event_time_ms: float, now_ms: float) -> None:
+        self._event_ms[source] = max(self._event_ms.get(source, event_time_ms), event_time_ms)
+        self._seen_at_ms[source] = now_ms
 
-    def current(self, partition: int, now_ms: float) -> float | None:
-        if partition not in self._event_ms:
-            return None
-        idle_ms = now_ms - self._seen_at_ms[partition]
-        drift = idle_ms if idle_ms >= self._idle_grace_ms else 0.0
-        return self._event_ms[partition] + drift
+    def watermark(self, source: str, now_ms: float, caught_up: bool) -> float | None:
+        """Event time only, until the source is caught up and idle past the grace: then the wall clock."""
+        event_ms = self._event_ms.get(source)
+        # A source never seen counts as seen when first asked about: a (re)started worker waits a grace.
+        idle = now_ms - self._seen_at_ms.setdefault(source, now_ms) >= self._idle_grace_ms
+        if caught_up and idle:
+            wall_ms = now_ms - self._idle_grace_ms
+            return wall_ms if event_ms is None else max(event_ms, wall_ms)
+        return event_ms
+
+
+def partial_key(observation: Observation, start_ms: int) -> bytes:
+    return f"{window_key(observation.model_name, observation.model_version, start_ms)}|{observation.source}".encode()
+
+
+def source_of(key: bytes) -> str:
+    return key.decode().rsplit("|", 1)[1]
 
 
 class StatsAgents:
-    def __init__(self, app: faust.App, settings: Settings, send: Send, metrics: Metrics) -> None:
+    def __init__(self, app: WorkerApp, settings: Settings, send: Send, metrics: Metrics) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
         self.size_ms = int(settings.stats_window_s * 1000)
         self.lateness_ms = int(settings.stats_lateness_s * 1000)
         self.registry = ModelRegistry(settings.model_dir)
-        self.watermarks = Watermarks(settings.stats_idle_grace_s)
+        self.clock = SourceClock(settings.stats_idle_grace_s)
+        self._send = send
+        self._pending: dict[str, int] = {}  # source -> fetched records not yet folded in
+        self._source_topics = (settings.output_topic, settings.dead_letter_topic)
+        self._watermarks: dict[str, float] = {}  # merge stage: latest watermark per source
+        partitions = settings.topic_partitions
+        self.partials = app.Table("stats-partials", partitions=partitions, key_type=bytes)
+        self.windows = app.Table("stats-windows", partitions=partitions, key_type=bytes)
         self.feed = app.topic(
             f"{settings.app_id}-stats-feed",
-            partitions=settings.topic_partitions,
+            partitions=partitions,
+            internal=True,
             key_serializer="raw",
             value_serializer="raw",
-            internal=True,
         )
         self.stats_topic = app.topic(settings.stats_topic, key_serializer="raw", value_serializer="raw")
-        self.windows = app.Table(
-            "stats-windows",
-            partitions=settings.topic_partitions,
-            key_type=bytes,  # faust picks the changelog's key codec from this (raw); values are JSON
-        )
-        self.observed = app.topic(
-            settings.output_topic, settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
-        )
-        self._send = send
-        app.agent(self.observed, name="stats-observe")(self._observe)
-        app.agent(self.feed, name="stats-windows")(self._aggregate)
+        observed = app.topic(*self._source_topics, key_serializer="raw", value_serializer="raw")
+        batches = app.channel(maxsize=4)
+        app.route_batches(observed, batches, on_fetched=self._count_fetched)
+        app.agent(batches, name="stats-observe")(self._observe)
+        app.agent(self.feed, name="stats-merge")(self._merge)
         app.timer(TICK_INTERVAL_S)(self._tick)
 
-    async def _observe(self, stream: faust.StreamT[bytes]) -> None:
-        """Forward observations; each input is acked once the broker has its feed record."""
-        manual = cast(faust.Stream[bytes], stream).noack()
-        forwarded = InOrderConfirmer[Any](
-            self._send, manual.ack, self.settings.publish_retry_backoff_s, "stats-observe"
-        )
-        confirming = asyncio.ensure_future(forwarded.run_forever())
-        try:
-            async for event in manual.events():
-                try:
-                    observation = observation_from(event.message, self.settings)
-                except (ValueError, KeyError, TypeError, RecordError) as exc:
-                    log.warning(
-                        "statistics skip unreadable record %s[%d]@%d: %r",
-                        event.message.topic,
-                        event.message.partition,
-                        event.message.offset,
-                        exc,
-                    )
-                    self.metrics.stats_skipped.inc()
-                    await manual.ack(event)
-                    continue
-                key = f"{observation.model_name}|{observation.model_version}".encode()
-                outbound = OutboundRecord(self.feed.get_topic_name(), key, orjson.dumps(observation.to_dict()), [])
-                forwarded.put(event, outbound, await self._send(outbound))
-        finally:
-            confirming.cancel()
+    # -- stage 1: fold records into per-source partials ------------------------------------
+
+    def _count_fetched(self, batch: InputBatch) -> None:
+        for message in batch.messages:
+            source = f"{message.topic}:{message.partition}"
+            self._pending[source] = self._pending.get(source, 0) + 1
+
+    async def _observe(self, stream: faust.StreamT[InputBatch]) -> None:
+        consumer = cast(BatchingConsumer, self.app.consumer)
+        async for batch in stream:
+            if batch.generation_id != self.app.consumer_generation_id:
+                consumer.forget(batch.messages)
+            else:
+                await self._fold(batch.messages)
+                for message in batch.messages:
+                    consumer.ack(message)
+            for message in batch.messages:
+                self._pending[f"{message.topic}:{message.partition}"] -= 1
+
+    async def _fold(self, messages: list[Any]) -> None:
+        now_ms = time.time() * 1000.0
+        touched: dict[bytes, WindowAggregate] = {}
+        for message in messages:
+            try:
+                observation = observation_from(message, self.settings)
+            except (ValueError, KeyError, TypeError, RecordError) as exc:
+                log.warning(
+                    "statistics skip unreadable record %s[%d]@%d: %r",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+                self.metrics.stats_skipped.inc()
+                continue
+            self.clock.observe(observation.source, observation.event_time_ms, now_ms)
+            start = window_start_ms(observation.event_time_ms, self.size_ms)
+            key = partial_key(observation, start)
+            partial = touched.get(key) or self._load(self.partials, key)
+            if partial is None:
+                partial = WindowAggregate(
+                    observation.model_name, observation.model_version, start, start + self.size_ms
+                )
+            if partial.closed:
+                self.metrics.stats_late.inc()
+                continue
+            reference = self.reference(observation.model_name, observation.model_version)
+            if partial.apply(observation, reference.get("bin_edges") if reference else None):
+                touched[key] = partial
+        await asyncio.gather(*(self._store_partial(key, partial) for key, partial in touched.items()))
+
+    async def _store_partial(self, key: bytes, partial: WindowAggregate | None) -> None:
+        """Write a partial (None deletes it) and wait until its changelog record is acknowledged."""
+        partition = int(source_of(key).rsplit(":", 1)[1])
+        if partial is None:
+            self.partials.data.pop(key, None)
+            await self.partials.send_changelog(partition, key, None, value_serializer="raw")
+            return
+        value = partial.to_dict()
+        self.partials.data[key] = value
+        await self.partials.send_changelog(partition, key, value)
+
+    @staticmethod
+    def _load(table: Any, key: bytes) -> WindowAggregate | None:
+        stored = table.data.get(key)
+        return None if stored is None else WindowAggregate.from_dict(stored)
+
+    # -- stage 2: once a second, hand due partials and watermarks to the merge stage --------
 
     async def _tick(self) -> None:
+        consumer = cast(BatchingConsumer, self.app.consumer)
         now_ms = time.time() * 1000.0
-        tick = orjson.dumps({"tick_ms": now_ms})
-        for partition in range(self.settings.topic_partitions):
-            await self.feed.send(key=b"tick", value=tick, partition=partition)
-
-    async def _aggregate(self, stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            partition = event.message.partition
-            document = orjson.loads(event.value)
-            if "tick_ms" in document:
-                await self._close_due(partition, time.time() * 1000.0)
+        for tp in sorted(consumer.assignment()):
+            if tp.topic not in self._source_topics:
                 continue
-            observation = Observation.from_dict(document)
-            self.watermarks.observe(partition, observation.event_time_ms, time.time() * 1000.0)
-            self._apply(observation, partition)
-
-    def _apply(self, observation: Observation, partition: int) -> None:
-        start = window_start_ms(observation.event_time_ms, self.size_ms)
-        key = window_key(observation.model_name, observation.model_version, start).encode()
-        stored = self.windows.get(key)
-        if stored is None:
-            aggregate = WindowAggregate(
-                observation.model_name, observation.model_version, start, start + self.size_ms, partition
+            source = f"{tp.topic}:{tp.partition}"
+            caught_up = self._pending.get(source, 0) == 0 and await consumer.caught_up(tp)
+            watermark = self.clock.watermark(source, now_ms, caught_up)
+            if watermark is None:
+                continue
+            await self._hand_over_due(source, watermark)
+            report = orjson.dumps({"source": source, "watermark": watermark})
+            await asyncio.gather(
+                *(
+                    publish(
+                        self._send,
+                        OutboundRecord(self.feed.get_topic_name(), b"watermark", report, [], None, p),
+                        self.settings.publish_retry_backoff_s,
+                        f"watermark of {source}",
+                    )
+                    for p in range(self.settings.topic_partitions)
+                )
             )
-        else:
-            aggregate = WindowAggregate.from_dict(stored)
-        if aggregate.closed:
-            self.metrics.stats_late.inc()
-            return
-        reference = self.reference(observation.model_name, observation.model_version)
-        if aggregate.apply(observation, reference.get("bin_edges") if reference else None):
-            self.windows[key] = aggregate.to_dict()
 
-    async def _close_due(self, partition: int, now_ms: float) -> None:
-        watermark = self.watermarks.current(partition, now_ms)
-        if watermark is None:
-            return
-        for key, stored in list(self.windows.items()):
-            if stored is None or stored["feed_partition"] != partition:
+    async def _hand_over_due(self, source: str, watermark: float) -> None:
+        for key in [k for k in list(self.partials.data.keys()) if source_of(k) == source]:
+            partial = self._load(self.partials, key)
+            if partial is None:
                 continue
-            aggregate = WindowAggregate.from_dict(stored)
-            if aggregate.is_due(watermark, self.lateness_ms):
-                await self._publish(key, aggregate, now_ms)
-            elif aggregate.closed and aggregate.end_ms < watermark - CLOSED_WINDOWS_KEPT * self.size_ms:
+            if partial.is_due(watermark, self.lateness_ms):
+                window = window_key(partial.model_name, partial.model_version, partial.start_ms).encode()
+                body = orjson.dumps({"source": source, "partial": partial.to_dict()})
+                await publish(
+                    self._send,
+                    OutboundRecord(self.feed.get_topic_name(), window, body, []),
+                    self.settings.publish_retry_backoff_s,
+                    f"partial {key.decode()}",
+                )
+                partial.closed = True
+                await self._store_partial(key, partial)
+            elif partial.closed and partial.end_ms < watermark - CLOSED_WINDOWS_KEPT * self.size_ms:
+                await self._store_partial(key, None)
+
+    # -- stage 3: merge partials; publish a window once every source is past it -------------
+
+    async def _merge(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            document = orjson.loads(event.value)
+            if "watermark" in document:
+                self._watermarks[document["source"]] = document["watermark"]
+                await self._close_due(event.message.partition)
+                continue
+            self._add_partial(event.key, document["source"], document["partial"], event.message.partition)
+
+    def _add_partial(self, key: bytes, source: str, partial: dict[str, Any], feed_partition: int) -> None:
+        window = self.windows.get(key) or {"parts": {}, "closed": False, "feed_partition": feed_partition}
+        if window["closed"]:
+            self.metrics.stats_late.inc(partial["count"] + partial["dead_letters"])
+            return
+        window["parts"][source] = partial  # a re-sent partial replaces itself: idempotent
+        window.setdefault("end_ms", partial["end_ms"])
+        self.windows[key] = window
+
+    def _all_sources(self) -> list[str]:
+        return [
+            f"{topic}:{partition}"
+            for topic in self._source_topics
+            for partition in range(self.app.consumer.topic_partitions(topic) or self.settings.topic_partitions)
+        ]
+
+    async def _close_due(self, feed_partition: int) -> None:
+        sources = self._all_sources()
+        if any(source not in self._watermarks for source in sources):
+            return
+        low_watermark = min(self._watermarks[source] for source in sources)
+        for key, window in list(self.windows.items()):
+            if window is None or window["feed_partition"] != feed_partition:
+                continue
+            if not window["closed"] and low_watermark >= window["end_ms"] + self.lateness_ms:
+                await self._publish(key, window)
+            elif window["closed"] and window["end_ms"] < low_watermark - CLOSED_WINDOWS_KEPT * self.size_ms:
                 del self.windows[key]
 
-    async def _publish(self, key: bytes, aggregate: WindowAggregate, now_ms: float) -> None:
-        stats = window_stats(aggregate, self.reference(aggregate.model_name, aggregate.model_version), now_ms)
+    def merged(self, window: Mapping[str, Any]) -> WindowAggregate:
+        parts = [WindowAggregate.from_dict(part) for part in window["parts"].values()]
+        total = WindowAggregate(parts[0].model_name, parts[0].model_version, parts[0].start_ms, parts[0].end_ms)
+        for part in parts:
+            total.merge(part)
+        return total
+
+    async def _publish(self, key: bytes, window: dict[str, Any]) -> None:
+        total = self.merged(window)
+        stats = window_stats(total, self.reference(total.model_name, total.model_version), time.time() * 1000.0)
         outbound = OutboundRecord(self.stats_topic.get_topic_name(), key, orjson.dumps(stats), [])
         await publish(self._send, outbound, self.settings.publish_retry_backoff_s, f"window {key.decode()}")
         # Marked closed only once the broker has the record: a crash in between re-publishes it.
-        aggregate.closed = True
-        self.windows[key] = aggregate.to_dict()
-        self.metrics.stats_windows_closed.labels(aggregate.model_name, aggregate.model_version).inc()
-        log.info(
-            "window %s closed: %d predictions, %d dead letters", key.decode(), aggregate.count, aggregate.dead_letters
-        )
+        window["closed"] = True
+        self.windows[key] = window
+        self.metrics.stats_windows_closed.labels(total.model_name, total.model_version).inc()
+        log.info("window %s closed: %d predictions, %d dead letters", key.decode(), total.count, total.dead_letters)
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one StatsAgents per process; the cache is bounded
     def reference(self, name: str, version: str) -> Mapping[str, Any] | None:
@@ -217,15 +320,21 @@ class StatsAgents:
         return reference
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """Open and recently closed windows held by this worker, as /stats shows them."""
+        """Windows whose merge this worker owns (closed ones), and the partials it is folding (open)."""
         now_ms = time.time() * 1000.0
         views: dict[str, list[dict[str, Any]]] = {"open": [], "closed": []}
-        for stored in self.windows.values():
-            if stored is None:
-                continue
-            aggregate = WindowAggregate.from_dict(stored)
-            stats = window_stats(aggregate, self.reference(aggregate.model_name, aggregate.model_version), now_ms)
-            views["closed" if aggregate.closed else "open"].append(stats)
+        for window in self.windows.values():
+            if window is not None and window["closed"]:
+                total = self.merged(window)
+                views["closed"].append(
+                    window_stats(total, self.reference(total.model_name, total.model_version), now_ms)
+                )
+        for stored in self.partials.data.values():
+            partial = WindowAggregate.from_dict(stored)
+            if not partial.closed:
+                views["open"].append(
+                    window_stats(partial, self.reference(partial.model_name, partial.model_version), now_ms)
+                )
         for group in views.values():
             group.sort(key=lambda s: (s["model_name"], s["model_version"], s["window_start"]))
         return views

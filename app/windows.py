@@ -1,12 +1,12 @@
 """Tumbling event-time windows of prediction statistics: pure logic, no Faust.
 
 An ``Observation`` is one prediction or dead letter reduced to what statistics need. A
-``WindowAggregate`` accumulates observations of one (model, version, window); it remembers,
-per source partition, the highest offset it has applied, so replaying observations after a
-crash or a rebalance never counts one twice. A window closes once the watermark (the
-highest event time seen, or the wall clock when traffic is idle) passes its end plus the
-allowed lateness; ``window_stats`` then turns it into the WindowStats record
-(schemas/window_stats.schema.json).
+``WindowAggregate`` accumulates observations of one (model, version, window) from one source
+partition; it remembers the highest offset it has applied per source, so replaying records
+after a crash or a rebalance never counts one twice. Partial aggregates of all source
+partitions ``merge`` into the window's total once every source's watermark has passed the
+window's end plus the allowed lateness; ``window_stats`` turns that into the WindowStats
+record (schemas/window_stats.schema.json).
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ class WindowAggregate:
     model_version: str
     start_ms: int
     end_ms: int
-    feed_partition: int
     count: int = 0
     dead_letters: int = 0
     prediction_sum: float = 0.0
@@ -100,13 +99,33 @@ class WindowAggregate:
     def is_due(self, watermark_ms: float, lateness_ms: int) -> bool:
         return not self.closed and watermark_ms >= self.end_ms + lateness_ms
 
+    def merge(self, other: WindowAggregate) -> None:
+        """Add another source's partial aggregate of the same window."""
+        self.count += other.count
+        self.dead_letters += other.dead_letters
+        self.prediction_sum += other.prediction_sum
+        for mine, theirs, pick in (
+            ("prediction_min", other.prediction_min, min),
+            ("prediction_max", other.prediction_max, max),
+        ):
+            current = getattr(self, mine)
+            if theirs is not None:
+                setattr(self, mine, theirs if current is None else pick(current, theirs))
+        for label, count in other.labels.items():
+            self.labels[label] = self.labels.get(label, 0) + count
+        self.latency.merge(other.latency)
+        self.batch_size_sum += other.batch_size_sum
+        if other.histogram:
+            self.histogram = [
+                a + b for a, b in zip(self.histogram or [0] * len(other.histogram), other.histogram, strict=True)
+            ]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
             "model_version": self.model_version,
             "start_ms": self.start_ms,
             "end_ms": self.end_ms,
-            "feed_partition": self.feed_partition,
             "count": self.count,
             "dead_letters": self.dead_letters,
             "prediction_sum": self.prediction_sum,

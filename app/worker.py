@@ -26,11 +26,14 @@ from app.registry import ModelRegistry
 from app.runner import ModelRunner, pick_device
 from app.settings import Settings
 from app.stats import StatsAgents
+from app.transport import BatchingConsumer, InputBatch, WorkerApp
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 30.0
 LAG_INTERVAL_S = 5.0
+INPUT_BATCHES_BUFFERED = 4
+"""Fetched batches waiting for the agent; beyond this the fetcher waits (backpressure)."""
 
 
 def load_runners(settings: Settings) -> dict[str, ModelRunner]:
@@ -77,7 +80,7 @@ def create_app(
     runners = load_runners(settings) if runners is None else runners
     metrics = metrics or Metrics()
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
-    app = faust.App(
+    app = WorkerApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         datadir=str(settings.data_dir),
@@ -103,7 +106,9 @@ def create_app(
 
     async def send(record: OutboundRecord) -> Awaitable[Any]:
         timestamp_s = None if record.timestamp_ms is None else record.timestamp_ms / 1000.0
-        return await app.producer.send(record.topic, record.key, record.value, None, timestamp_s, record.headers)
+        return await app.producer.send(
+            record.topic, record.key, record.value, record.partition, timestamp_s, record.headers
+        )
 
     crashes: set[asyncio.Future[None]] = set()
 
@@ -112,16 +117,23 @@ def create_app(
         crashes.add(future)  # keep a reference until it ran
         future.add_done_callback(crashes.discard)
 
-    @app.agent(input_topic, name="predict")
-    async def predict(stream: faust.StreamT[bytes]) -> None:
+    input_batches = app.channel(maxsize=INPUT_BATCHES_BUFFERED)
+    app.route_batches(input_topic, input_batches)
+
+    @app.agent(input_batches, name="predict")
+    async def predict(stream: faust.StreamT[InputBatch]) -> None:
         for topic in sink_topics:
             await topic.maybe_declare()
         pipeline = InferencePipeline(settings, runners, send, on_crash=crash, metrics=metrics)
         pipeline.start()
-        manual = cast(faust.Stream[bytes], stream).noack()
+        ack = app.consumer.ack
         try:
-            async for event in manual.events():
-                await pipeline.submit(inbound_record(event.message), partial(manual.ack, event))
+            async for batch in stream:
+                if batch.generation_id != app.consumer_generation_id:
+                    # Fetched before a rebalance: never acked, so their new owner reads them again.
+                    cast(BatchingConsumer, app.consumer).forget(batch.messages)
+                    continue
+                await pipeline.submit_many([(inbound_record(m), partial(ack, m)) for m in batch.messages])
         finally:
             await asyncio.wait_for(asyncio.shield(pipeline.stop()), DRAIN_TIMEOUT_S)
 
@@ -136,7 +148,7 @@ def create_app(
 
     app.timer(LAG_INTERVAL_S)(report_lag)
 
-    stats = StatsAgents(app, settings, send, metrics)
+    stats = StatsAgents(app, settings, send, metrics) if settings.stats_enabled else None
     metrics.worker_up.set(1)
     for runner in runners.values():
         metrics.model_info.labels(runner.metadata.name, runner.metadata.version, str(runner.device)).set(1)
@@ -170,7 +182,7 @@ def update_consumer_lag(app: faust.App, metrics: Metrics, topic: str) -> None:
         metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
 
 
-def register_views(app: faust.App, state: WorkerState, stats: StatsAgents, metrics: Metrics) -> None:
+def register_views(app: faust.App, state: WorkerState, stats: StatsAgents | None, metrics: Metrics) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
@@ -195,6 +207,8 @@ def register_views(app: faust.App, state: WorkerState, stats: StatsAgents, metri
     @app.page("/stats")
     class Stats(View):
         async def get(self, request: Request) -> Response:
+            if stats is None:
+                return self.json({"error": "statistics agents are off here (STATS_ENABLED=false)"}, status=404)
             return self.json(stats.snapshot())
 
     @app.page("/metrics")

@@ -7,7 +7,7 @@ import math
 import pytest
 from jsonschema import Draft202012Validator
 
-from app.stats import Watermarks
+from app.stats import SourceClock
 from app.windows import (
     Observation,
     WindowAggregate,
@@ -28,7 +28,7 @@ def prediction(offset: int, value: float, source: str = "predictions:0", label: 
 
 
 def aggregate() -> WindowAggregate:
-    return WindowAggregate("m", "1", 0, 60_000, feed_partition=2)
+    return WindowAggregate("m", "1", 0, 60_000)
 
 
 def test_window_start_is_aligned() -> None:
@@ -78,13 +78,31 @@ def test_closes_only_after_end_plus_lateness() -> None:
     assert not window.is_due(watermark_ms=99_999, lateness_ms=10_000)
 
 
-def test_watermark_follows_event_time_and_the_wall_clock_only_when_idle() -> None:
-    marks = Watermarks(idle_grace_s=5)
-    assert marks.current(0, now_ms=0) is None
-    marks.observe(0, event_time_ms=1_000, now_ms=100_000)
-    marks.observe(0, event_time_ms=900, now_ms=100_500)  # out of order: the watermark does not go back
-    assert marks.current(0, now_ms=104_000) == 1_000  # busy or briefly quiet: event time only
-    assert marks.current(0, now_ms=110_500) == 1_000 + 10_000  # idle past the grace: time moves on
+def test_watermark_follows_event_time_and_the_wall_clock_only_when_caught_up_and_idle() -> None:
+    clock = SourceClock(idle_grace_s=5)
+    assert clock.watermark("p:0", now_ms=0, caught_up=False) is None
+    assert clock.watermark("p:1", now_ms=100_000, caught_up=True) is None  # just assigned: a grace first
+    assert clock.watermark("p:1", now_ms=105_000, caught_up=True) == 100_000  # empty and caught up
+    clock.observe("p:0", event_time_ms=1_000, now_ms=100_000)
+    clock.observe("p:0", event_time_ms=900, now_ms=100_500)  # out of order: the watermark does not go back
+    assert clock.watermark("p:0", now_ms=104_000, caught_up=True) == 1_000  # briefly quiet: event time only
+    assert clock.watermark("p:0", now_ms=200_000, caught_up=False) == 1_000  # a backlog: event time only
+    assert clock.watermark("p:0", now_ms=200_000, caught_up=True) == 195_000  # idle and caught up
+
+
+def test_partials_of_all_sources_merge_into_the_window() -> None:
+    left, right, whole = aggregate(), aggregate(), aggregate()
+    for offset, value in enumerate([0.1, 0.9, 0.4, 0.7]):
+        (left if offset % 2 else right).apply(prediction(offset, value, source=f"p:{offset % 2}"), EDGES)
+        whole.apply(prediction(offset, value, source=f"p:{offset % 2}"), EDGES)
+    right.apply(Observation("m", "1", 1_000.0, "dlq:0", 3, dead_letter=True), EDGES)
+    whole.apply(Observation("m", "1", 1_000.0, "dlq:0", 3, dead_letter=True), EDGES)
+    total = aggregate()
+    total.merge(left)
+    total.merge(right)
+    merged, expected = window_stats(total, REFERENCE, 61_000), window_stats(whole, REFERENCE, 61_000)
+    assert merged.pop("prediction")["mean"] == pytest.approx(expected.pop("prediction")["mean"])
+    assert merged == expected
 
 
 def test_psi_is_zero_for_the_reference_and_grows_with_shift() -> None:

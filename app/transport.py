@@ -1,0 +1,120 @@
+"""A Faust transport that hands the records of chosen topics to agents one fetch at a time.
+
+faust routes every record through its conductor, a channel queue and the Stream iterator, with
+a task or two per record: at small models that machinery, not the model, sets the pace. For
+topics registered in ``app.batch_routes``, ``BatchingConsumer`` keeps faust's fetching (flow
+control, rebalances, highwater tracking, gap and commit bookkeeping) but collects the records
+of one fetch into a list and awaits the route once, typically ``Channel.put`` of an agent's
+channel, so the agent receives whole batches. The agent acks each record with
+``consumer.ack(message)`` when its output is delivered; faust commits contiguous acked offsets
+as usual. Records of other topics take faust's normal per-record path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
+
+import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
+
+
+@dataclass(frozen=True, slots=True)
+class InputBatch:
+    """The records of one topic from one fetch, stamped with the consumer generation they belong to."""
+
+    generation_id: int
+    messages: list[Any]
+
+
+BatchRoute = Callable[[InputBatch], Awaitable[Any]]
+
+
+class BatchingConsumer(aiokafka_driver.Consumer):
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised via integration tests
+        routes: dict[str, BatchRoute] = getattr(self.app, "batch_routes", {})
+        callback = self.callback
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        try:
+            while not (stopped() or fetcher_stopped()):
+                batches: dict[str, list[Any]] = defaultdict(list)
+                generation_id = self.app.consumer_generation_id
+                await self.sleep(0)
+                if self.should_stop:
+                    break
+                async for tp, message in self.getmany(timeout=1.0):
+                    offset = message.offset
+                    read_offset = get_read_offset(tp)
+                    if read_offset is not None and offset < read_offset:
+                        continue  # already delivered before a seek
+                    if read_offset and offset - read_offset > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, read_offset + 1, offset)
+                    if tp.topic in routes:
+                        self.track_message(message)
+                        batches[tp.topic].append(message)
+                    else:
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+                for topic, messages in batches.items():
+                    await routes[topic](InputBatch(generation_id, messages))
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+    async def caught_up(self, tp: Any) -> bool:
+        """True when this consumer has fetched everything in the partition up to its high watermark."""
+        highwater = self.highwater(tp)
+        if highwater is None:
+            return False
+        position = await self.position(tp)
+        return position is not None and position >= highwater
+
+    def forget(self, messages: list[Any]) -> None:
+        """Stop waiting for acks of messages that will not be processed (a stale generation)."""
+        for message in messages:
+            self._unacked_messages.discard(message)
+
+
+class BatchingTransport(aiokafka_driver.Transport):
+    Consumer: ClassVar[type] = BatchingConsumer
+
+
+class WorkerApp(faust.App):
+    """A faust App whose consumer can deliver whole fetches of ``batch_routes`` topics."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_routes: dict[str, BatchRoute] = {}
+
+    def _new_transport(self) -> BatchingTransport:
+        return BatchingTransport(self.conf.broker_consumer, self)
+
+    def route_batches(
+        self,
+        topic: faust.TopicT,
+        channel: faust.ChannelT[Any],
+        on_fetched: Callable[[InputBatch], None] | None = None,
+    ) -> None:
+        """Subscribe to ``topic`` and deliver its records to ``channel`` as InputBatch values."""
+        put = cast(BatchRoute, channel.put)
+
+        async def route(batch: InputBatch) -> None:
+            if on_fetched is not None:
+                on_fetched(batch)
+            await put(batch)
+
+        self.topics.add(topic)
+        for name in topic.topics:
+            self.batch_routes[name] = route
