@@ -7,7 +7,7 @@ VENV = $(shell scripts/venv.sh)
 PYTHON = $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv kafka-up kafka-down kafka-status run test test-unit test-integration lint model clean
+.PHONY: help venv kafka-up kafka-down kafka-status run test test-unit lint bench bench-quick model clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ lint: ## ruff and mypy
 	@$(PYTHON) -m ruff check .
 	@$(PYTHON) -m ruff format --check .
 	@$(PYTHON) -m mypy
+
+bench: kafka-up ## benchmark this worker against its peers (several minutes); writes benchmarks/
+	@$(PYTHON) -m benchmarks.bench
+
+bench-quick: kafka-up ## only the per-system throughput and latency
+	@$(PYTHON) -m benchmarks.bench --quick --events 30000
 
 model: ## retrain the default model into models/ (needs the dev extras: scikit-learn)
 	@$(PYTHON) scripts/train_default_model.py

@@ -83,13 +83,18 @@ class MicroBatcher(Generic[T, R]):
             self._task = None
 
     def submit(self, item: T) -> asyncio.Future[Batched[R]]:
+        return self.submit_many([item])[0]
+
+    def submit_many(self, items: Sequence[T]) -> list[asyncio.Future[Batched[R]]]:
+        """Queue items in order; one future each."""
         if self._closing:
             raise RuntimeError("the batcher is stopping and takes no new items")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Batched[R]] = loop.create_future()
-        self._queue.append(_Pending(item, future, loop.time()))
+        now = loop.time()
+        futures: list[asyncio.Future[Batched[R]]] = [loop.create_future() for _ in items]
+        self._queue.extend(_Pending(item, future, now) for item, future in zip(items, futures, strict=True))
         self._wakeup.set()
-        return future
+        return futures
 
     def __len__(self) -> int:
         return len(self._queue)

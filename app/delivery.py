@@ -38,21 +38,24 @@ Send = Callable[[OutboundRecord], Awaitable[Awaitable[Any]]]
 
 
 class InOrderConfirmer(Generic[T]):
-    def __init__(self, send: Send, on_confirmed: Callable[[T], Any], backoff_s: float, name: str) -> None:
+    """Confirms groups of outputs in the order they were put; ``on_confirmed`` hears each group once."""
+
+    def __init__(self, send: Send, on_confirmed: Callable[[list[T]], Any], backoff_s: float, name: str) -> None:
         self._send = send
         self._on_confirmed = on_confirmed
         self._backoff_s = backoff_s
         self._name = name
-        self._queue: asyncio.Queue[tuple[T, OutboundRecord, Awaitable[Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[list[tuple[T, OutboundRecord, Awaitable[Any]]]] = asyncio.Queue()
 
-    def put(self, item: T, outbound: OutboundRecord, delivery: Awaitable[Any]) -> None:
-        self._queue.put_nowait((item, outbound, delivery))
+    def put(self, group: list[tuple[T, OutboundRecord, Awaitable[Any]]]) -> None:
+        self._queue.put_nowait(group)
 
     async def run_forever(self) -> None:
         while True:
-            item, outbound, delivery = await self._queue.get()
-            await confirm(self._send, outbound, delivery, self._backoff_s, f"{self._name}: output for {item}")
-            done = self._on_confirmed(item)
+            group = await self._queue.get()
+            for item, outbound, delivery in group:
+                await confirm(self._send, outbound, delivery, self._backoff_s, f"{self._name}: output for {item}")
+            done = self._on_confirmed([item for item, _, _ in group])
             if inspect.isawaitable(done):
                 await done
 

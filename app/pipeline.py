@@ -17,13 +17,13 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 from app.batcher import Batched, MicroBatcher
 from app.dead_letter import Headers, dead_letter_headers
-from app.delivery import InOrderConfirmer, OutboundRecord, Send
+from app.delivery import InOrderConfirmer, OutboundRecord
 from app.errors import InvalidRecord, RecordError
 from app.events import PredictionEvent, SourceRef, parse_event
 from app.metrics import Metrics
@@ -36,17 +36,22 @@ log = logging.getLogger(__name__)
 __all__ = ["Ack", "InboundRecord", "InferencePipeline", "OutboundRecord", "PipelineCounts"]
 
 
-@dataclass(frozen=True, slots=True)
-class InboundRecord:
+class InboundRecord(NamedTuple):
     source: SourceRef
     key: bytes | None
     value: bytes | None
-    headers: Headers = field(default_factory=list)
+    headers: Headers = []
     timestamp_ms: int | None = None
 
 
 Ack = Callable[[], Any]
 """Mark the input record done (may return an awaitable)."""
+
+
+class Publisher(Protocol):
+    async def send(self, record: OutboundRecord) -> Awaitable[Any]: ...
+
+    async def send_many(self, records: Sequence[OutboundRecord]) -> list[Awaitable[Any]]: ...
 
 
 @dataclass(slots=True)
@@ -97,13 +102,13 @@ class InferencePipeline:
         self,
         settings: Settings,
         runners: Mapping[str, ModelRunner],
-        send: Send,
+        publisher: Publisher,
         on_crash: Callable[[BaseException], Any] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._runners = dict(runners)
-        self._send = send
+        self._publisher = publisher
         self._on_crash = on_crash
         self._metrics = metrics or Metrics()
         self.counts = PipelineCounts()
@@ -113,7 +118,9 @@ class InferencePipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._to_emit: asyncio.Queue[list[_Work]] = asyncio.Queue()
-        self._confirmer = InOrderConfirmer[_Work](send, self._done, settings.publish_retry_backoff_s, "pipeline")
+        self._confirmer = InOrderConfirmer[_Work](
+            publisher.send, self._done, settings.publish_retry_backoff_s, "pipeline"
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -152,7 +159,9 @@ class InferencePipeline:
                 per_topic[record.source.topic] = per_topic.get(record.source.topic, 0) + 1
             for topic, count in per_topic.items():
                 self._metrics.events_consumed.labels(topic).inc(count)
-            self._to_emit.put_nowait([self._prepare(record, ack) for record, ack in chunk])
+            works = [self._prepare(record, ack) for record, ack in chunk]
+            self._batch(works)
+            self._to_emit.put_nowait(works)
 
     async def drain(self) -> None:
         """Wait until every submitted record is delivered and acked."""
@@ -200,9 +209,18 @@ class InferencePipeline:
             work.runner = self._runner_for(work.event)
         except InvalidRecord as exc:
             work.error = exc
-            return work
-        work.outcome = self._batchers[work.runner.metadata.name].submit(work.event.features)
         return work
+
+    def _batch(self, works: list[_Work]) -> None:
+        """Hand the valid records' features to their model's batcher, in order."""
+        per_model: dict[str, list[_Work]] = {}
+        for work in works:
+            if work.runner is not None:
+                per_model.setdefault(work.runner.metadata.name, []).append(work)
+        for name, model_works in per_model.items():
+            features = [work.event.features for work in model_works if work.event is not None]
+            for work, outcome in zip(model_works, self._batchers[name].submit_many(features), strict=True):
+                work.outcome = outcome
 
     def _runner_for(self, event: PredictionEvent) -> ModelRunner:
         name = event.model or self._settings.default_model
@@ -217,10 +235,14 @@ class InferencePipeline:
         return runner
 
     async def _emit_forever(self) -> None:
+        step = self._settings.max_batch_size
         while True:
-            for work in await self._to_emit.get():
-                outbound = await self._outbound(work)
-                self._confirmer.put(work, outbound, await self._send(outbound))
+            works = await self._to_emit.get()
+            for start in range(0, len(works), step):  # publish each model batch's share as soon as it is done
+                part = works[start : start + step]
+                outbounds = [await self._outbound(work) for work in part]
+                deliveries = await self._publisher.send_many(outbounds)
+                self._confirmer.put(list(zip(part, outbounds, deliveries, strict=True)))
 
     async def _outbound(self, work: _Work) -> OutboundRecord:
         record = work.record
@@ -241,22 +263,29 @@ class InferencePipeline:
         headers = dead_letter_headers(work.error, record.source, record.headers, runner.metadata)
         return OutboundRecord(self._settings.dead_letter_topic, record.key, record.value, headers, record.timestamp_ms)
 
-    async def _done(self, work: _Work) -> None:
-        acked = work.ack()
-        if inspect.isawaitable(acked):
-            await acked
-        if work.error is None:
-            assert work.runner is not None
-            self.counts.predicted += 1
-            metadata = work.runner.metadata
-            self._metrics.predictions.labels(metadata.name, metadata.version).inc()
-            self._metrics.end_to_end.labels(metadata.name).observe(max(work.latency_s, 0.0))
-        else:
-            self.counts.dead_lettered += 1
-            self._metrics.dead_letters.labels(work.error.error_class).inc()
-        self._in_flight -= 1
-        self._metrics.in_flight.dec()
-        self._credits.release()
+    async def _done(self, works: list[_Work]) -> None:
+        """Ack the inputs of outputs the broker acknowledged, and count them."""
+        predicted: dict[ModelRunner, list[float]] = {}
+        for work in works:
+            acked = work.ack()
+            if inspect.isawaitable(acked):
+                await acked
+            if work.error is None:
+                assert work.runner is not None
+                predicted.setdefault(work.runner, []).append(work.latency_s)
+            else:
+                self._metrics.dead_letters.labels(work.error.error_class).inc()
+        for runner, latencies in predicted.items():
+            self._metrics.predictions.labels(runner.metadata.name, runner.metadata.version).inc(len(latencies))
+            end_to_end = self._metrics.end_to_end.labels(runner.metadata.name)
+            for latency_s in latencies:
+                end_to_end.observe(max(latency_s, 0.0))
+        done = len(works)
+        self.counts.predicted += sum(len(latencies) for latencies in predicted.values())
+        self.counts.dead_lettered += done - sum(len(latencies) for latencies in predicted.values())
+        self._in_flight -= done
+        self._metrics.in_flight.dec(done)
+        self._credits.release(done)
         if self._in_flight == 0:
             self._idle.set()
 

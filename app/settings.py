@@ -123,6 +123,15 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: v == "auto" or v == "cpu" or v.startswith("cuda"),
         "must be auto, cpu or cuda[:N]",
     ),
+    Setting(
+        "model_execution",
+        "MODEL_EXECUTION",
+        str,
+        "auto",
+        "where forwards run: thread (off the event loop), inline, or auto (inline if a full batch takes < 2 ms on CPU)",
+        lambda v: v in {"auto", "inline", "thread"},
+        "must be auto, inline or thread",
+    ),
     Setting("half_precision", "MODEL_HALF_PRECISION", _bool, "false", "run the model in float16 (cuda only)"),
     Setting(
         "torch_threads",
@@ -258,6 +267,7 @@ class Settings:
     model_names: tuple[str, ...]
     model_version: str
     device: str
+    model_execution: str
     half_precision: bool
     torch_threads: int
     max_batch_size: int

@@ -22,6 +22,7 @@ from app.delivery import OutboundRecord
 from app.events import SourceRef
 from app.metrics import Metrics
 from app.pipeline import InboundRecord, InferencePipeline
+from app.producer import OutputProducer
 from app.registry import ModelRegistry
 from app.runner import ModelRunner, pick_device
 from app.settings import Settings
@@ -46,7 +47,9 @@ def load_runners(settings: Settings) -> dict[str, ModelRunner]:
     device = pick_device(settings.device)
     runners = {}
     for name in settings.model_names:
-        runner = ModelRunner.load(registry, name, settings.model_version, device, settings.half_precision)
+        runner = ModelRunner.load(
+            registry, name, settings.model_version, device, settings.half_precision, settings.model_execution
+        )
         runner.warm_up(settings.max_batch_size)
         runners[name] = runner
     return runners
@@ -124,7 +127,9 @@ def create_app(
     async def predict(stream: faust.StreamT[InputBatch]) -> None:
         for topic in sink_topics:
             await topic.maybe_declare()
-        pipeline = InferencePipeline(settings, runners, send, on_crash=crash, metrics=metrics)
+        producer = OutputProducer(settings.bootstrap_servers)
+        await producer.start()
+        pipeline = InferencePipeline(settings, runners, producer, on_crash=crash, metrics=metrics)
         pipeline.start()
         ack = app.consumer.ack
         try:
@@ -135,7 +140,10 @@ def create_app(
                     continue
                 await pipeline.submit_many([(inbound_record(m), partial(ack, m)) for m in batch.messages])
         finally:
-            await asyncio.wait_for(asyncio.shield(pipeline.stop()), DRAIN_TIMEOUT_S)
+            try:
+                await asyncio.wait_for(asyncio.shield(pipeline.stop()), DRAIN_TIMEOUT_S)
+            finally:
+                await producer.stop()
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust types its receivers too narrowly
     async def on_rebalance_complete(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
@@ -162,7 +170,8 @@ def inbound_record(message: Any) -> InboundRecord:
         SourceRef(message.topic, message.partition, message.offset),
         message.key,
         message.value,
-        list(headers.items()) if isinstance(headers, Mapping) else list(headers or []),
+        # isinstance against collections.abc.Mapping costs more than the rest of this function.
+        list(headers.items()) if isinstance(headers, dict) else headers or [],
         None if message.timestamp is None else int(message.timestamp * 1000),
     )
 

@@ -8,6 +8,7 @@ in-flight records are bounded.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -34,6 +35,9 @@ class ManualProducer:
         self.deliveries.append(future)
         return future
 
+    async def send_many(self, records: Sequence[OutboundRecord]) -> list[asyncio.Future[None]]:
+        return [await self.send(record) for record in records]
+
 
 @pytest.fixture(scope="module")
 def runner() -> ModelRunner:
@@ -59,7 +63,7 @@ async def wait_until(condition: Any, limit_s: float = 5.0) -> None:
 
 async def test_acks_only_after_the_broker_acknowledges(runner: ModelRunner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(), {"breast-cancer": runner}, producer.send)
+    pipeline = InferencePipeline(settings(), {"breast-cancer": runner}, producer)
     pipeline.start()
     acked: list[int] = []
     for offset in range(3):
@@ -81,7 +85,7 @@ async def test_acks_only_after_the_broker_acknowledges(runner: ModelRunner) -> N
 
 async def test_a_failed_delivery_is_resent_before_the_ack(runner: ModelRunner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(), {"breast-cancer": runner}, producer.send)
+    pipeline = InferencePipeline(settings(), {"breast-cancer": runner}, producer)
     pipeline.start()
     acked: list[int] = []
     await pipeline.submit(record(0, runner), lambda: acked.append(0))
@@ -98,7 +102,7 @@ async def test_a_failed_delivery_is_resent_before_the_ack(runner: ModelRunner) -
 
 async def test_in_flight_records_are_bounded(runner: ModelRunner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(max_in_flight=4), {"breast-cancer": runner}, producer.send)
+    pipeline = InferencePipeline(settings(max_in_flight=4), {"breast-cancer": runner}, producer)
     pipeline.start()
     submitted = 0
 
@@ -129,7 +133,7 @@ async def test_in_flight_records_are_bounded(runner: ModelRunner) -> None:
 
 async def test_results_carry_the_model_version_and_batch(runner: ModelRunner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(max_wait_ms=50.0), {"breast-cancer": runner}, producer.send)
+    pipeline = InferencePipeline(settings(max_wait_ms=50.0), {"breast-cancer": runner}, producer)
     pipeline.start()
     for offset in range(5):
         await pipeline.submit(record(offset, runner), lambda: None)

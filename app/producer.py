@@ -1,0 +1,86 @@
+"""Producing outputs a batch per partition: one broker future per batch instead of one per record.
+
+Records keep the partition the default producer would choose (the key's murmur2 hash, as
+Kafka's clients compute it), and their order within each partition: a partition's batches
+are appended in order and aiokafka sends one request per partition at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from app.delivery import OutboundRecord
+
+_UNSET: Any = None
+
+
+class OutputProducer:
+    def __init__(self, bootstrap_servers: str, **config: Any) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id="inference-worker-output",
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            request_timeout_ms=30_000,
+            **config,
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, record: OutboundRecord) -> Awaitable[Any]:
+        delivery: Awaitable[Any] = await self._producer.send(
+            record.topic,
+            record.value,
+            key=record.key,
+            partition=record.partition,
+            timestamp_ms=record.timestamp_ms,
+            headers=record.headers or None,
+        )
+        return delivery
+
+    async def send_many(self, records: Sequence[OutboundRecord]) -> list[Awaitable[Any]]:
+        """Enqueue records in order; returns, per record, the future of the batch that carries it."""
+        producer = self._producer
+        for topic in {record.topic for record in records}:
+            await producer.client._wait_on_metadata(topic)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for index, record in enumerate(records):
+            partition = record.partition
+            if partition is None:
+                partition = producer._partition(record.topic, None, None, None, record.key, record.value)
+            groups.setdefault((record.topic, partition), []).append(index)
+        futures: list[Awaitable[Any]] = [_UNSET] * len(records)
+        for (topic, partition), indexes in groups.items():
+            batch = producer.create_batch()
+            members: list[int] = []
+            for index in indexes:
+                record = records[index]
+                while (
+                    batch.append(
+                        key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=record.headers or []
+                    )
+                    is None
+                ):
+                    if not members:
+                        raise ValueError(f"record for {topic} does not fit an empty batch")
+                    await self._submit(batch, topic, partition, members, futures)
+                    batch, members = producer.create_batch(), []
+                members.append(index)
+            if members:
+                await self._submit(batch, topic, partition, members, futures)
+        return futures
+
+    async def _submit(
+        self, batch: Any, topic: str, partition: int, members: list[int], futures: list[Awaitable[Any]]
+    ) -> None:
+        future = await self._producer.send_batch(batch, topic, partition=partition)
+        for index in members:
+            futures[index] = future
