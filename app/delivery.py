@@ -11,8 +11,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from app.dead_letter import Headers
 
@@ -22,8 +21,7 @@ MAX_RESEND_BACKOFF_S = 30.0
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundRecord:
+class OutboundRecord(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes | None
