@@ -371,7 +371,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {report['machine']}. Model: {report['model']}. {report['events']} events, "
         f"{report['partitions']} partitions; every system ran alone, one after another, in one run "
         "(`make bench`). Latency (p50/p95/p99, at 50% of this worker's throughput) is the broker's "
-        "acknowledgement of the result minus the event's time.",
+        "acknowledgement of the result minus the event's time. One run on a 2-core machine shared with "
+        "the broker and the load generator: repeated runs vary by tens of percent in throughput and far "
+        "more in tail latency.",
         "",
         "| system | events/s | this worker is | received / sent | duplicates | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|",
