@@ -8,6 +8,8 @@ import gc
 import logging
 import sys
 
+from aiokafka.errors import KafkaConnectionError
+
 from app.errors import ConfigError, ModelLoadError
 from app.settings import Settings, describe
 
@@ -57,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, settings)
     except ModelLoadError as exc:
         print(f"inference-worker: model error: {exc}", file=sys.stderr)
+        return 1
+    except KafkaConnectionError:
+        print(
+            f"inference-worker: cannot reach Kafka at {settings.bootstrap_servers}: start it (make kafka-up) "
+            "or set KAFKA_BOOTSTRAP_SERVERS",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

@@ -82,6 +82,15 @@ def test_worker_with_a_missing_model_exits_with_one_line(tmp_path: Path) -> None
     assert len(lines) == 1 and "model 'breast-cancer' not found" in lines[0]
 
 
+def test_an_unreachable_broker_is_one_clear_line() -> None:
+    done = run_cli("produce", "-n", "1", env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "inference-worker: cannot reach Kafka at 127.0.0.1:1: start it (make kafka-up) or set KAFKA_BOOTSTRAP_SERVERS"
+    )
+    assert "Traceback" not in done.stderr
+
+
 def test_help_lists_the_settings() -> None:
     done = run_cli("worker", "--help", env={})
     assert done.returncode == 0
