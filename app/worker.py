@@ -2,9 +2,9 @@
 
 ``create_app`` loads and warms the models before Faust starts, so a worker that joins the
 consumer group can predict at once, and a model that cannot load stops the start with one line.
-The agent reads raw bytes with acks off (faust's decoding and ``take()`` lose or stall records,
-see README "Delivery") and hands each record to the ``InferencePipeline``, which acks it only
-after its output is acknowledged by the broker.
+The ``predict`` agent receives the input topic's raw records a fetch at a time (see
+``app.transport``; faust's decoding and ``take()`` lose or stall records) and hands them to the
+``InferencePipeline``, which acks each only after its output is acknowledged by the broker.
 """
 
 from __future__ import annotations
