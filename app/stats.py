@@ -148,6 +148,7 @@ class StatsAgents:
     async def _observe(self, stream: faust.StreamT[InputBatch]) -> None:
         consumer = cast(BatchingConsumer, self.app.consumer)
         async for batch in stream:
+            consumer.taken(batch)
             if batch.generation_id != self.app.consumer_generation_id:
                 consumer.forget(batch.messages)
             else:

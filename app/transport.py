@@ -34,6 +34,26 @@ BatchRoute = Callable[[InputBatch], Awaitable[Any]]
 
 
 class BatchingConsumer(aiokafka_driver.Consumer):
+    """Routed records are tracked like faust's own, so a rebalance or a shutdown waits (in
+    ``wait_empty``) until the batches an agent has taken are acked. Batches still queued for an
+    agent are forgotten there instead: faust clears or skips channel contents while its flow is
+    suspended, and waiting for their acks would hang the rebalance. Their records are not acked,
+    so they are read again from the last commit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queued: dict[int, InputBatch] = {}
+
+    def taken(self, batch: InputBatch) -> None:
+        """An agent calls this for each batch it receives: from now on it will ack its records."""
+        self._queued.pop(id(batch), None)
+
+    async def wait_empty(self) -> None:
+        for batch in self._queued.values():
+            self.forget(batch.messages)
+        self._queued.clear()
+        await super().wait_empty()
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised via integration tests
         routes: dict[str, BatchRoute] = getattr(self.app, "batch_routes", {})
         callback = self.callback
@@ -63,7 +83,9 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
                 for topic, messages in batches.items():
-                    await routes[topic](InputBatch(generation_id, messages))
+                    batch = InputBatch(generation_id, messages)
+                    self._queued[id(batch)] = batch
+                    await routes[topic](batch)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return

@@ -131,12 +131,14 @@ def create_app(
         await producer.start()
         pipeline = InferencePipeline(settings, runners, producer, on_crash=crash, metrics=metrics)
         pipeline.start()
-        ack = app.consumer.ack
+        consumer = cast(BatchingConsumer, app.consumer)
+        ack = consumer.ack
         try:
             async for batch in stream:
+                consumer.taken(batch)
                 if batch.generation_id != app.consumer_generation_id:
                     # Fetched before a rebalance: never acked, so their new owner reads them again.
-                    cast(BatchingConsumer, app.consumer).forget(batch.messages)
+                    consumer.forget(batch.messages)
                     continue
                 await pipeline.submit_many([(inbound_record(m), partial(ack, m)) for m in batch.messages])
         finally:

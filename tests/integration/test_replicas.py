@@ -1,0 +1,96 @@
+"""Replicas sharing the input through rebalances: a second worker joins mid-stream, the first
+leaves (SIGTERM) mid-stream, and every event still gets a prediction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from app.topics import ensure_topics
+from tests.integration.conftest import Names, running_worker, worker_env
+
+EVENTS = 20000
+RATE = 1000.0  # events/s: the stream lasts ~20 s, long enough for a join and a leave inside it
+
+
+def event(index: int) -> bytes:
+    features = [float((index + i) % 23) for i in range(30)]
+    return orjson.dumps(
+        {
+            "event_id": f"e-{index}",
+            "user_id": f"u-{index % 50}",
+            "features": features,
+            "timestamp": int(time.time() * 1000),
+        }
+    )
+
+
+async def produce_stream(bootstrap: str, topic: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        pending = []
+        for index in range(EVENTS):
+            ahead = started + index / RATE - time.perf_counter()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            pending.append(await producer.send(topic, event(index), key=f"u-{index % 50}".encode()))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def predicted_ids(bootstrap: str, topic: str, timeout_s: float) -> Counter[str]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    seen: Counter[str] = Counter()
+    try:
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and (len(seen) < EVENTS or time.monotonic() - quiet_since < 3):
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    seen[orjson.loads(record.value)["event_id"]] += 1
+                    quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def test_a_replica_joining_and_one_leaving_mid_stream_loses_nothing(bootstrap_servers: str, tmp_path: Path) -> None:
+    names = Names(uuid.uuid4().hex[:10])
+    topics = (names.input_topic, names.output_topic, names.dead_letter_topic, f"it-{names.run}-stats")
+    asyncio.run(ensure_topics(bootstrap_servers, topics, partitions=4))
+    settings = {"STATS_TOPIC": f"it-{names.run}-stats", "KAFKA_SESSION_TIMEOUT_S": "10"}
+
+    async def scenario() -> None:
+        streaming = asyncio.ensure_future(produce_stream(bootstrap_servers, names.input_topic))
+        await asyncio.sleep(1.0)
+        with contextlib.ExitStack() as stack:
+            second = running_worker(
+                worker_env(bootstrap_servers, names, tmp_path / "b", **settings), tmp_path / "b.log"
+            )
+            b = await asyncio.to_thread(stack.enter_context, second)  # joins while events flow
+            first.process.terminate()  # and the first leaves gracefully while they still flow
+            assert await asyncio.to_thread(first.process.wait, 60) == 0
+            await streaming
+            seen.update(await predicted_ids(bootstrap_servers, names.output_topic, timeout_s=120))
+            assert b.process.poll() is None
+
+    seen: Counter[str] = Counter()
+    with running_worker(worker_env(bootstrap_servers, names, tmp_path / "a", **settings), tmp_path / "a.log") as first:
+        asyncio.run(scenario())
+
+    missing = {f"e-{i}" for i in range(EVENTS)} - set(seen)
+    assert not missing, f"{len(missing)} events without a prediction, e.g. {sorted(missing)[:5]}"
+    duplicates = sum(count - 1 for count in seen.values())
+    print(f"replicas: {EVENTS} events, {duplicates} duplicates after a join and a graceful leave")
