@@ -20,10 +20,12 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
 from app.registry import ModelMetadata
 
+RESEND_ATTEMPTS = 60
 MALFORMED_KINDS = ("not_utf8", "invalid_json", "schema_violation", "non_finite", "wrong_feature_count")
 
 
@@ -83,7 +85,7 @@ async def produce_events(
     await producer.start()
     started = time.perf_counter()
     bar = tqdm(total=count, unit="ev", disable=not progress, desc=f"producing to {topic}")
-    pending: list[asyncio.Future[Any]] = []
+    pending: list[tuple[asyncio.Future[Any], bytes, bytes]] = []
     try:
         for index in range(count):
             if rate > 0:
@@ -91,10 +93,10 @@ async def produce_events(
                 if ahead > 0.002:
                     await asyncio.sleep(ahead)
             key, value = _record(factory, index, malformed_fraction, model, report)
-            pending.append(await producer.send(topic, value, key=key))
+            pending.append((await producer.send(topic, value, key=key), key, value))
             if len(pending) >= 1000:
-                await _settle(pending, bar)
-        await _settle(pending, bar)
+                await _settle(producer, topic, pending, bar)
+        await _settle(producer, topic, pending, bar)
     finally:
         bar.close()
         await producer.stop()
@@ -117,9 +119,20 @@ def _record(
     return event["user_id"].encode(), orjson.dumps(event)
 
 
-async def _settle(pending: list[asyncio.Future[Any]], bar: tqdm) -> None:
-    """Await deliveries; a failed one raises, so a run never reports events the broker lacks."""
-    for future in pending:
-        await future
+async def _settle(
+    producer: AIOKafkaProducer, topic: str, pending: list[tuple[asyncio.Future[Any], bytes, bytes]], bar: tqdm
+) -> None:
+    """Await deliveries, re-sending on retriable errors (a broker restart); others raise, so a run
+    never reports events the broker lacks."""
+    for future, key, value in pending:
+        for attempt in range(RESEND_ATTEMPTS):
+            try:
+                await future
+                break
+            except KafkaError as exc:
+                if not exc.retriable or attempt == RESEND_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(1.0)
+                future = await producer.send(topic, value, key=key)
     bar.update(len(pending))
     pending.clear()

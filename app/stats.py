@@ -33,7 +33,7 @@ from typing import Any, cast
 import faust
 import orjson
 
-from app.delivery import OutboundRecord, Send, publish
+from app.delivery import MAX_RESEND_BACKOFF_S, OutboundRecord, Send, publish
 from app.errors import ModelLoadError, RecordError
 from app.events import parse_timestamp_ms
 from app.metrics import Metrics
@@ -191,15 +191,29 @@ class StatsAgents:
         await asyncio.gather(*(self._store_partial(key, partial) for key, partial in touched.items()))
 
     async def _store_partial(self, key: bytes, partial: WindowAggregate | None) -> None:
-        """Write a partial (None deletes it) and wait until its changelog record is acknowledged."""
+        """Write a partial (None deletes it) and wait until its changelog record is acknowledged.
+
+        A changelog write the broker rejects is re-sent with backoff: the records folded into it
+        are acked only after it lands, so a broker outage pauses statistics instead of losing them.
+        """
         partition = int(source_of(key).rsplit(":", 1)[1])
-        if partial is None:
+        value = None if partial is None else partial.to_dict()
+        if value is None:
             self.partials.data.pop(key, None)
-            await self.partials.send_changelog(partition, key, None, value_serializer="raw")
-            return
-        value = partial.to_dict()
-        self.partials.data[key] = value
-        await self.partials.send_changelog(partition, key, value)
+        else:
+            self.partials.data[key] = value
+        backoff = self.settings.publish_retry_backoff_s
+        while True:
+            try:
+                if value is None:
+                    await self.partials.send_changelog(partition, key, None, value_serializer="raw")
+                else:
+                    await self.partials.send_changelog(partition, key, value)
+                return
+            except Exception as exc:  # noqa: BLE001 - retried, like every output the worker publishes
+                log.error("changelog write of %s failed (%r); re-sending in %.1fs", key.decode(), exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RESEND_BACKOFF_S)
 
     @staticmethod
     def _load(table: Any, key: bytes) -> WindowAggregate | None:
@@ -215,7 +229,7 @@ class StatsAgents:
             if tp.topic not in self._source_topics:
                 continue
             source = f"{tp.topic}:{tp.partition}"
-            caught_up = self._pending.get(source, 0) == 0 and await consumer.caught_up(tp)
+            caught_up = self._pending.get(source, 0) == 0 and consumer.caught_up(tp)
             watermark = self.clock.watermark(source, now_ms, caught_up)
             if watermark is None:
                 continue

@@ -43,6 +43,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queued: dict[int, InputBatch] = {}
+        self._last_routed: dict[Any, int] = {}  # tp -> offset of the last routed record
 
     def taken(self, batch: InputBatch) -> None:
         """An agent calls this for each batch it receives: from now on it will ack its records."""
@@ -79,6 +80,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     if tp.topic in routes:
                         self.track_message(message)
                         batches[tp.topic].append(message)
+                        self._last_routed[tp] = offset
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
@@ -95,13 +97,18 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 return
             raise
 
-    async def caught_up(self, tp: Any) -> bool:
-        """True when this consumer has fetched everything in the partition up to its high watermark."""
+    def caught_up(self, tp: Any) -> bool:
+        """True when every record below the partition's high watermark was routed or committed.
+
+        Uses bookkeeping only: asking aiokafka for the position spins on metadata requests
+        (about ten thousand a second, each logged) while the broker is unreachable.
+        """
         highwater = self.highwater(tp)
         if highwater is None:
             return False
-        position = await self.position(tp)
-        return position is not None and position >= highwater
+        routed = self._last_routed.get(tp, -1) + 1
+        committed = self._committed_offset.get(tp) or 0
+        return max(routed, committed) >= highwater
 
     def forget(self, messages: list[Any]) -> None:
         """Stop waiting for acks of messages that will not be processed (a stale generation)."""
