@@ -58,17 +58,24 @@ class InOrderConfirmer(Generic[T]):
                 await done
 
 
-async def confirm(send: Send, outbound: OutboundRecord, delivery: Awaitable[Any], backoff_s: float, what: str) -> None:
-    """Wait for the broker's ack of ``outbound``, re-sending it with backoff until one comes."""
+async def until_acknowledged(
+    delivery: Awaitable[Any], resend: Callable[[], Awaitable[Awaitable[Any]]], backoff_s: float, what: str
+) -> None:
+    """Wait for a broker ack, calling ``resend`` with exponential backoff until one comes."""
     while True:
         try:
             await delivery
             return
         except Exception as exc:  # noqa: BLE001 - never report done what the broker did not take
-            log.error("%s to %s not acknowledged (%r); re-sending in %.1fs", what, outbound.topic, exc, backoff_s)
+            log.error("%s not acknowledged (%r); re-sending in %.1fs", what, exc, backoff_s)
         await asyncio.sleep(backoff_s)
         backoff_s = min(backoff_s * 2, MAX_RESEND_BACKOFF_S)
-        delivery = await send(outbound)
+        delivery = await resend()
+
+
+async def confirm(send: Send, outbound: OutboundRecord, delivery: Awaitable[Any], backoff_s: float, what: str) -> None:
+    """Wait for the broker's ack of ``outbound``, re-sending it with backoff until one comes."""
+    await until_acknowledged(delivery, lambda: send(outbound), backoff_s, f"{what} to {outbound.topic}")
 
 
 async def publish(send: Send, outbound: OutboundRecord, backoff_s: float, what: str) -> None:

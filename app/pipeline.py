@@ -281,8 +281,9 @@ class InferencePipeline:
             for latency_s in latencies:
                 end_to_end.observe(max(latency_s, 0.0))
         done = len(works)
-        self.counts.predicted += sum(len(latencies) for latencies in predicted.values())
-        self.counts.dead_lettered += done - sum(len(latencies) for latencies in predicted.values())
+        predicted_count = sum(len(latencies) for latencies in predicted.values())
+        self.counts.predicted += predicted_count
+        self.counts.dead_lettered += done - predicted_count
         self._in_flight -= done
         self._metrics.in_flight.dec(done)
         self._credits.release(done)

@@ -27,13 +27,13 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, cast
 
 import faust
 import orjson
 
-from app.delivery import MAX_RESEND_BACKOFF_S, OutboundRecord, Send, publish
+from app.delivery import OutboundRecord, Send, publish, until_acknowledged
 from app.errors import ModelLoadError, RecordError
 from app.events import parse_timestamp_ms
 from app.metrics import Metrics
@@ -49,9 +49,14 @@ CLOSED_WINDOWS_KEPT = 10
 """Closed windows stay in the tables (and /stats) for this many window lengths."""
 
 
+def source_name(topic: str, partition: int) -> str:
+    """How statistics name a source partition: ``topic:partition``."""
+    return f"{topic}:{partition}"
+
+
 def observation_from(message: Any, settings: Settings) -> Observation:
     """Reduce a predictions or dead-letter record to an Observation; raises ValueError if unreadable."""
-    source = f"{message.topic}:{message.partition}"
+    source = source_name(message.topic, message.partition)
     if message.topic == settings.dead_letter_topic:
         headers = {name: value.decode() for name, value in (message.headers or [])}
         return Observation(
@@ -142,7 +147,7 @@ class StatsAgents:
 
     def _count_fetched(self, batch: InputBatch) -> None:
         for message in batch.messages:
-            source = f"{message.topic}:{message.partition}"
+            source = source_name(message.topic, message.partition)
             self._pending[source] = self._pending.get(source, 0) + 1
 
     async def _observe(self, stream: faust.StreamT[InputBatch]) -> None:
@@ -156,7 +161,7 @@ class StatsAgents:
                 for message in batch.messages:
                     consumer.ack(message)
             for message in batch.messages:
-                self._pending[f"{message.topic}:{message.partition}"] -= 1
+                self._pending[source_name(message.topic, message.partition)] -= 1
 
     async def _fold(self, messages: list[Any]) -> None:
         now_ms = time.time() * 1000.0
@@ -202,18 +207,14 @@ class StatsAgents:
             self.partials.data.pop(key, None)
         else:
             self.partials.data[key] = value
-        backoff = self.settings.publish_retry_backoff_s
-        while True:
-            try:
-                if value is None:
-                    await self.partials.send_changelog(partition, key, None, value_serializer="raw")
-                else:
-                    await self.partials.send_changelog(partition, key, value)
-                return
-            except Exception as exc:  # noqa: BLE001 - retried, like every output the worker publishes
-                log.error("changelog write of %s failed (%r); re-sending in %.1fs", key.decode(), exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_RESEND_BACKOFF_S)
+
+        async def write() -> Awaitable[Any]:
+            if value is None:
+                return self.partials.send_changelog(partition, key, None, value_serializer="raw")
+            return self.partials.send_changelog(partition, key, value)
+
+        backoff_s = self.settings.publish_retry_backoff_s
+        await until_acknowledged(await write(), write, backoff_s, f"changelog write of {key.decode()}")
 
     @staticmethod
     def _load(table: Any, key: bytes) -> WindowAggregate | None:
@@ -228,7 +229,7 @@ class StatsAgents:
         for tp in sorted(consumer.assignment()):
             if tp.topic not in self._source_topics:
                 continue
-            source = f"{tp.topic}:{tp.partition}"
+            source = source_name(tp.topic, tp.partition)
             caught_up = self._pending.get(source, 0) == 0 and consumer.caught_up(tp)
             watermark = self.clock.watermark(source, now_ms, caught_up)
             if watermark is None:
@@ -288,7 +289,7 @@ class StatsAgents:
 
     def _all_sources(self) -> list[str]:
         return [
-            f"{topic}:{partition}"
+            source_name(topic, partition)
             for topic in self._source_topics
             for partition in range(self.app.consumer.topic_partitions(topic) or self.settings.topic_partitions)
         ]
