@@ -1,8 +1,9 @@
 """A directory-based model registry: ``<root>/<name>/<version>/`` holds an artifact and metadata.json.
 
 Versions sort numerically where they are numbers ("10" after "9", "1.10" after "1.9"), so
-"latest" is the highest. Artifacts are loaded without unpickling arbitrary objects:
-torch.export programs (``.pt2``) through ``torch.export.load``.
+"latest" is the highest. Artifacts are loaded without unpickling arbitrary objects, by one
+loader per format (``app.formats``): torch.export, TorchScript, a state_dict plus its module
+class, ONNX, or a sentence-transformers folder.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from typing import Any
 import torch
 
 from app.errors import ModelLoadError
+from app.formats import LOADERS
 
 METADATA_FILE = "metadata.json"
-SUPPORTED_FORMATS = ("torch.export",)
-KINDS = ("classifier", "regressor")
+ENSEMBLE_FORMAT = "ensemble"
+"""Built from its members' runners by ``app.catalog``; it has no artifact of its own."""
+SUPPORTED_FORMATS = (*LOADERS, ENSEMBLE_FORMAT)
+KINDS = ("classifier", "regressor", "embedding")
+INPUTS = ("features", "text")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class ModelMetadata:
     feature_names: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     positive_label: str | None = None
+    input: str = "features"
+    """What events carry for this model: ``features`` (input_size numbers) or ``text`` (a string)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -44,10 +51,12 @@ class ModelMetadata:
                 format=str(document["format"]),
                 artifact=str(document["artifact"]),
                 kind=str(document["kind"]),
-                input_size=int(document["input_size"]),
+                # Text models take a string, not a vector: they have no input_size.
+                input_size=int(document["input_size"] if document.get("input") != "text" else 0),
                 feature_names=tuple(document.get("feature_names", ())),
                 labels=tuple(document.get("labels", ())),
                 positive_label=document.get("positive_label"),
+                input=str(document.get("input", "features")),
                 extra={k: v for k, v in document.items() if k not in _CORE_FIELDS},
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -61,8 +70,13 @@ class ModelMetadata:
             problems.append(f"format {self.format!r} is not one of {SUPPORTED_FORMATS}")
         if self.kind not in KINDS:
             problems.append(f"kind {self.kind!r} is not one of {KINDS}")
-        if self.input_size < 1:
+        if self.input not in INPUTS:
+            problems.append(f"input {self.input!r} is not one of {INPUTS}")
+        if self.input == "features" and self.input_size < 1:
             problems.append("input_size must be >= 1")
+        dimension = self.extra.get("dimension")
+        if self.kind == "embedding" and not (isinstance(dimension, int) and dimension > 0):
+            problems.append("an embedding model needs its output 'dimension' (an integer >= 1)")
         if self.kind == "classifier" and len(self.labels) < 2:
             problems.append("a classifier needs at least two labels")
         if self.positive_label is not None and self.positive_label not in self.labels:
@@ -77,7 +91,8 @@ class ModelMetadata:
             "format": self.format,
             "artifact": self.artifact,
             "kind": self.kind,
-            "input_size": self.input_size,
+            "input": self.input,
+            **({"input_size": self.input_size} if self.input == "features" else {}),
             "feature_names": list(self.feature_names),
             "labels": list(self.labels),
             "positive_label": self.positive_label,
@@ -95,6 +110,7 @@ _CORE_FIELDS = {
     "feature_names",
     "labels",
     "positive_label",
+    "input",
 }
 
 
@@ -142,9 +158,11 @@ class ModelRegistry:
         return metadata
 
     def load_module(self, metadata: ModelMetadata) -> torch.nn.Module:
-        path = self.root / metadata.name / metadata.version / metadata.artifact
+        version_dir = self.root / metadata.name / metadata.version
         try:
-            module: torch.nn.Module = torch.export.load(path).module()
+            return LOADERS[metadata.format](version_dir, metadata)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure to deserialise is a load error
+            path = version_dir / metadata.artifact
             raise ModelLoadError(f"{path}: cannot load {metadata.format} artifact: {exc!r}") from None
-        return module

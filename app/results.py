@@ -21,6 +21,7 @@ def build_result(
     model: ModelMetadata,
     batch_size: int,
     source: SourceRef,
+    cache_hit: bool = False,
     now_s: float | None = None,
 ) -> dict[str, Any]:
     """The result for one event; ``latency_ms`` runs from the event time to this moment of publishing."""
@@ -36,13 +37,20 @@ def build_result(
         "predicted_at": datetime.fromtimestamp(now_s, UTC).isoformat(timespec="milliseconds"),
         "latency_ms": round(now_s * 1000.0 - event.event_time_ms, 3),
         "batch_size": batch_size,
+        "cache_hit": cache_hit,
         "topic": source.topic,
         "partition": source.partition,
         "offset": source.offset,
     }
+    members = model.extra.get("members") if model.format == "ensemble" else None
+    if members is not None:
+        result["members"] = members
     if output.label is not None:
         result["label"] = output.label
         result["probabilities"] = output.probabilities
+    if output.embedding is not None:
+        result["embedding"] = output.embedding
+        result["dimension"] = len(output.embedding)
     return result
 
 

@@ -7,6 +7,10 @@ computes in under ``INLINE_FORWARD_MAX_MS`` on the CPU runs inline instead: hand
 thread costs more than it takes, because the thread then waits for the GIL held by the busy
 event loop (measured: 27 ms per 256-row forward of the default model on a thread under load,
 against 0.3 ms inline).
+
+Inputs follow the model's metadata ``input``: rows of features become one float tensor; texts go
+to the model's ``TextEmbedder`` (``app.embeddings``), whose results carry the vector. Optional
+rewrites at load (``app.tuning``): dynamic int8 quantization and torch.compile.
 """
 
 from __future__ import annotations
@@ -14,17 +18,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import torch
 
+from app.embeddings import TextEmbedder
 from app.errors import ModelLoadError
 from app.registry import ModelMetadata, ModelRegistry
+from app.tuning import compile_module, quantize
 
 log = logging.getLogger(__name__)
 
 INLINE_FORWARD_MAX_MS = 2.0
+
+ModelInput = list[float] | str
+"""One event's input: its features, or its text for a text model (metadata ``input``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +44,8 @@ class ModelOutput:
     """Regressors: the output. Classifiers: P(positive_label), or P(label) without one."""
     label: str | None = None
     probabilities: dict[str, float] | None = None
+    embedding: list[float] | None = None
+    """Embedding models: the vector (``prediction`` is then its L2 norm)."""
 
 
 def pick_device(requested: str) -> torch.device:
@@ -61,11 +74,20 @@ class ModelRunner:
         device: torch.device,
         half: bool,
         execution: str = "auto",
+        quantization: str = "none",
+        torch_compile: bool = False,
     ) -> None:
         self.metadata = metadata
         self.device = device
         self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
-        self._module = module.to(device=device, dtype=self.dtype)
+        where = f"model {metadata.name}/{metadata.version}"
+        if quantization != "none" and (device.type != "cpu" or self.dtype != torch.float32):
+            raise ModelLoadError(f"{where}: MODEL_QUANTIZE={quantization} runs on the CPU in float32 only")
+        self._module = quantize(module, quantization, where).to(device=device, dtype=self.dtype)
+        if torch_compile:
+            self._module = compile_module(self._module, where)
+        # Text models tokenize their inputs; every other model takes a float tensor.
+        self._embedder = self._module if isinstance(self._module, TextEmbedder) else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{metadata.name}")
         self._positive = metadata.labels.index(metadata.positive_label) if metadata.positive_label else None
         self.warm = False
@@ -78,10 +100,19 @@ class ModelRunner:
 
     @classmethod
     def load(
-        cls, registry: ModelRegistry, name: str, version: str, device: torch.device, half: bool, execution: str = "auto"
+        cls,
+        registry: ModelRegistry,
+        name: str,
+        version: str,
+        device: torch.device,
+        half: bool,
+        execution: str = "auto",
+        quantization: str = "none",
+        torch_compile: bool = False,
     ) -> ModelRunner:
         metadata = registry.metadata(name, version)
-        runner = cls(metadata, registry.load_module(metadata), device, half, execution)
+        module = registry.load_module(metadata)
+        runner = cls(metadata, module, device, half, execution, quantization, torch_compile)
         log.info("loaded model %s (%s) on %s", runner.key, metadata.format, device)
         return runner
 
@@ -93,7 +124,7 @@ class ModelRunner:
         for size in warmup_sizes(max_batch_size):
             try:
                 started = time.perf_counter()
-                outputs = self.predict([[0.0] * self.metadata.input_size] * size)
+                outputs = self.predict(self._warm_up_inputs(size))
                 largest_ms = (time.perf_counter() - started) * 1000
             except Exception as exc:  # noqa: BLE001 - a model that cannot run is a load error
                 raise ModelLoadError(f"model {self.key} failed warm-up: {exc!r}") from None
@@ -110,21 +141,36 @@ class ModelRunner:
         )
         self.warm = True
 
-    def predict(self, rows: list[list[float]]) -> list[ModelOutput]:
+    def _warm_up_inputs(self, size: int) -> Sequence[ModelInput]:
+        if self._embedder is None:
+            return [[0.0] * self.metadata.input_size] * size
+        # Texts of a few lengths, so the warm-up covers padded lengths like real batches'.
+        return [" ".join(["warm"] * (1 + 7 * (index % 8))) for index in range(size)]
+
+    def predict(self, rows: Sequence[ModelInput]) -> list[ModelOutput]:
         with torch.inference_mode():
+            if self._embedder is not None:
+                return self._embed(self._embedder, rows)
             batch = torch.tensor(rows, dtype=self.dtype, device=self.device)
             raw = self._module(batch)
             if self.metadata.kind == "classifier":
                 return self._classify(raw)
             return [ModelOutput(prediction=float(value)) for value in raw.reshape(len(rows)).float().cpu().tolist()]
 
-    async def predict_async(self, rows: list[list[float]]) -> list[ModelOutput]:
+    async def predict_async(self, rows: Sequence[ModelInput]) -> list[ModelOutput]:
         if self.inline:
             return self.predict(rows)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.predict, rows)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    def _embed(self, embedder: TextEmbedder, texts: Sequence[ModelInput]) -> list[ModelOutput]:
+        if not all(isinstance(text, str) for text in texts):
+            raise TypeError(f"model {self.key} takes texts")
+        vectors = embedder.embed(cast(Sequence[str], texts)).float().cpu()
+        norms = torch.linalg.vector_norm(vectors, dim=1).tolist()
+        return [ModelOutput(norm, embedding=vector) for norm, vector in zip(norms, vectors.tolist(), strict=True)]
 
     def _classify(self, logits: torch.Tensor) -> list[ModelOutput]:
         labels = self.metadata.labels
@@ -138,3 +184,22 @@ class ModelRunner:
             score = row[self._positive] if self._positive is not None else row[winner]
             outputs.append(ModelOutput(score, labels[winner], dict(zip(labels, row, strict=True))))
         return outputs
+
+
+class Runner(Protocol):
+    """What the pipeline needs of a model: a ``ModelRunner`` or an ensemble of them."""
+
+    metadata: ModelMetadata
+    device: torch.device
+    warm: bool
+
+    @property
+    def key(self) -> str: ...
+
+    def warm_up(self, max_batch_size: int) -> None: ...
+
+    def predict(self, rows: Sequence[ModelInput]) -> list[ModelOutput]: ...
+
+    async def predict_async(self, rows: Sequence[ModelInput]) -> list[ModelOutput]: ...
+
+    def close(self) -> None: ...

@@ -10,11 +10,13 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from app.errors import InvalidRecord
-from app.events import ERROR_CLASSES, ISO_8601_PATTERN, SourceRef, parse_event
+from app.events import ERROR_CLASSES, ISO_8601_PATTERN, MAX_TEXT_CHARS, SourceRef, parse_event
 
 SOURCE = SourceRef("events", 2, 41)
 LIMIT = 4096
 VALID: dict[str, Any] = {"event_id": "e-1", "user_id": "u-1", "features": [1, 2.5, -3e-2], "timestamp": 1700000000000}
+TEXT: dict[str, Any] = {**{k: v for k, v in VALID.items() if k != "features"}, "text": "a sentence to embed"}
+LONG_LIMIT = 1 << 16  # room for texts at the length limit
 
 
 def error_class_of(value: bytes | None) -> str:
@@ -99,7 +101,42 @@ CASES: list[dict[str, Any]] = [
     {**VALID, "timestamp": "2026-11-21"},
     {**VALID, "model": ""},
     {**VALID, "model": 3},
+    TEXT,
+    {**TEXT, "model": "minilm"},
+    {**TEXT, "text": "é" * MAX_TEXT_CHARS},
+    {**TEXT, "text": "é" * (MAX_TEXT_CHARS + 1)},
+    {**TEXT, "text": ""},
+    {**TEXT, "text": None},
+    {**TEXT, "text": ["a", "b"]},
+    {**TEXT, "features": [1.0]},
+    {**TEXT, "features": None},
+    {**VALID, "text": None},
 ]
+
+
+def test_parses_a_text_event() -> None:
+    event = parse_event(orjson.dumps(TEXT), SOURCE, LIMIT)
+    assert (event.text, event.features, event.input) == ("a sentence to embed", [], "a sentence to embed")
+    features_event = parse_event(orjson.dumps(VALID), SOURCE, LIMIT)
+    assert (features_event.text, features_event.input) == (None, [1, 2.5, -3e-2])
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        ({**TEXT, "features": [1.0]}, "both given"),
+        ({k: v for k, v in TEXT.items() if k != "text"}, "'features' (or 'text') is missing"),
+        ({**TEXT, "text": "x" * (MAX_TEXT_CHARS + 1)}, f"the limit is {MAX_TEXT_CHARS}"),
+    ],
+)
+def test_exactly_one_of_features_and_text_within_the_limit(document: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidRecord, match=reason.replace("(", r"\(").replace(")", r"\)")) as caught:
+        parse_event(orjson.dumps(document), SOURCE, LONG_LIMIT)
+    assert caught.value.error_class == "schema_violation"
+
+
+def test_the_schema_uses_the_codes_text_limit(event_schema: Draft202012Validator) -> None:
+    assert event_schema.schema["properties"]["text"]["maxLength"] == MAX_TEXT_CHARS
 
 
 def test_the_schema_uses_the_codes_timestamp_pattern(event_schema: Draft202012Validator) -> None:
@@ -111,7 +148,7 @@ def test_the_schema_uses_the_codes_timestamp_pattern(event_schema: Draft202012Va
 def test_code_and_schema_agree(document: dict[str, Any], event_schema: Draft202012Validator) -> None:
     schema_accepts = event_schema.is_valid(document)
     try:
-        parse_event(orjson.dumps(document), SOURCE, LIMIT)
+        parse_event(orjson.dumps(document), SOURCE, LONG_LIMIT)
         code_accepts = True
     except InvalidRecord as exc:
         assert exc.error_class == "schema_violation"

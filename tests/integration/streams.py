@@ -1,0 +1,194 @@
+"""Helpers for the fault and backpressure tests: numbered events in, outputs and group offsets
+read back from the real broker, models written into a registry folder, a worker's RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.integration.conftest import WorkerProcess
+
+PARTITIONS = 4
+FEATURES = 30
+T = TypeVar("T")
+
+
+def event_value(index: int, padding: int = 0, first_feature: float | None = None, model: str | None = None) -> bytes:
+    """Event ``e-<index>``; ``padding`` adds an unknown field of that many bytes (the worker ignores it)."""
+    features = [float((index + i) % 23) for i in range(FEATURES)]
+    if first_feature is not None:
+        features[0] = first_feature
+    event: dict[str, Any] = {
+        "event_id": f"e-{index}",
+        "user_id": f"u-{index % 50}",
+        "features": features,
+        "timestamp": int(time.time() * 1000),
+    }
+    if model is not None:
+        event["model"] = model
+    if padding:
+        event["padding"] = "x" * padding
+    return orjson.dumps(event)
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: Callable[[int], bytes],
+    count: int,
+    rate: float = 0.0,
+) -> None:
+    """Send ``values(i)`` for i < count, keyed by user so they spread over the partitions; ``rate`` 0 = at once."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=10, max_batch_size=1 << 20, max_request_size=8 << 20
+    )
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        pending = []
+        for index in range(count):
+            if rate > 0:
+                ahead = started + index / rate - time.perf_counter()
+                if ahead > 0.002:
+                    await asyncio.sleep(ahead)
+            pending.append(await producer.send(topic, values(index), key=f"u-{index % 50}".encode()))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def in_background(coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+    """Run a coroutine on its own event loop in a thread, while the test drives worker processes."""
+    executor = ThreadPoolExecutor(max_workers=1)
+    future = executor.submit(asyncio.run, coroutine)
+    executor.shutdown(wait=False)
+    return future
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    partition: int
+    offset: int
+    """Where the output itself is."""
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def result(self) -> dict[str, Any]:
+        document: dict[str, Any] = orjson.loads(self.value or b"null")
+        return document
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition (-1: none yet)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
+        return {p: offsets[tp].offset if tp in offsets else -1 for p, tp in enumerate(partitions)}
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, topics: tuple[str, ...]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(topics))
+    finally:
+        await admin.close()
+
+
+async def read_outputs(
+    bootstrap: str,
+    topics: tuple[str, ...],
+    done: Callable[[list[Output]], bool],
+    timeout_s: float = 120.0,
+    settle_s: float = 3.0,
+) -> list[Output]:
+    """Every record of ``topics`` from the start, until ``done`` holds and ``settle_s`` pass without more
+    (so a late duplicate would still be seen), or ``timeout_s`` pass."""
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    outputs: list[Output] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if done(outputs) and time.monotonic() - quiet_since >= settle_s:
+                break
+            for records in (await consumer.getmany(timeout_ms=500, max_records=20000)).values():
+                for r in records:
+                    outputs.append(Output(r.topic, r.partition, r.offset, r.value, list(r.headers)))
+                    quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return outputs
+
+
+def gauge(worker: WorkerProcess, sample: str, default: float | None = None) -> float:
+    """One sample from the worker's /metrics, named as exposed: ``name{label="value",...}``."""
+    status, body = worker.get("/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[1])
+    if default is None:
+        raise AssertionError(f"{sample} not in /metrics")
+    return default
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size from /proc (no psutil here)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def write_model(model_dir: Path, name: str, module: Any, labels: tuple[str, ...] = ("no", "yes")) -> None:
+    """Export ``module`` (30 features in, one logit per label out) into ``<model_dir>/<name>/1`` as
+    the registry expects: a torch.export program with a dynamic batch dimension and metadata.json."""
+    import torch
+
+    target = model_dir / name / "1"
+    target.mkdir(parents=True)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    program = torch.export.export(module.eval(), (torch.ones(8, FEATURES),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, target / "model.pt2")
+    metadata = {
+        "name": name,
+        "version": "1",
+        "format": "torch.export",
+        "artifact": "model.pt2",
+        "kind": "classifier",
+        "input_size": FEATURES,
+        "labels": list(labels),
+        "positive_label": labels[-1],
+    }
+    (target / "metadata.json").write_text(json.dumps(metadata))
