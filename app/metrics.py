@@ -76,6 +76,30 @@ class Metrics:
             ["name", "version", "device"],
             registry=r,
         )
+        self.model_load_failures = Counter(
+            "inference_model_load_failures_total",
+            "Model versions that failed to load or warm at run time (the previous route kept serving).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.shadow_predictions = Counter(
+            "inference_shadow_predictions_total",
+            "Shadow results acknowledged by the broker on the shadow topic.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.shadow_errors = Counter(
+            "inference_shadow_errors_total",
+            "Records a shadow version failed to predict (the served result is unaffected).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "inference_result_cache_hits_total", "Results served from the result cache.", ["model"], registry=r
+        )
+        self.cache_misses = Counter(
+            "inference_result_cache_misses_total", "Result cache lookups that needed a forward.", ["model"], registry=r
+        )
         self.worker_up = Gauge("inference_worker_up", "1 while the worker runs.", registry=r)
         self.stats_windows_closed = Counter(
             "inference_stats_windows_closed_total", "WindowStats records published.", ["model", "version"], registry=r
@@ -83,11 +107,6 @@ class Metrics:
         self.stats_late = Counter(
             "inference_stats_late_observations_total",
             "Predictions or dead letters that arrived after their window had closed.",
-            registry=r,
-        )
-        self.stats_skipped = Counter(
-            "inference_stats_unreadable_records_total",
-            "Records on the predictions or dead-letter topic the statistics agents could not read.",
             registry=r,
         )
 

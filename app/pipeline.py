@@ -2,11 +2,13 @@
 
 Free of Faust so it can be driven and tested directly. Three stages, in submission order:
 
-1. ``submit`` decodes and validates a record and hands its features to the model's
-   micro-batcher (or marks it for the dead-letter topic). It waits while ``max_in_flight``
-   records are unacknowledged: backpressure instead of unbounded memory.
-2. The emitter takes records in order, waits for each outcome and enqueues one output
-   record: a PredictionResult, or the untouched input on the dead-letter topic.
+1. ``submit`` decodes and validates a record, asks the model catalog which version serves it
+   (and which shadow versions see a copy), and hands its input to those versions'
+   micro-batchers — or takes a cached result, or marks it for the dead-letter topic. It waits
+   while ``max_in_flight`` records are unacknowledged: backpressure instead of unbounded memory.
+2. The emitter takes records in order, waits for each outcome and enqueues its output records:
+   a PredictionResult (plus shadow results for the shadow topic), or the untouched input on the
+   dead-letter topic.
 3. The acker waits for the broker to acknowledge each output, re-sending on failure, and
    only then acks the input record, so its offset can be committed.
 """
@@ -17,19 +19,22 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from app.batcher import Batched, MicroBatcher
+from app.cache import ResultCache
+from app.catalog import ModelCatalog
 from app.dead_letter import Headers, dead_letter_headers
 from app.delivery import InOrderConfirmer, OutboundRecord
 from app.errors import InvalidRecord, RecordError
 from app.events import PredictionEvent, SourceRef, parse_event
 from app.metrics import Metrics
 from app.results import build_result, encode_result
-from app.runner import ModelOutput, ModelRunner
+from app.runner import ModelInput, ModelOutput, Runner
 from app.settings import Settings
+from app.windows import Observation, source_name
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,9 @@ class InboundRecord(NamedTuple):
 Ack = Callable[[], Any]
 """Mark the input record done (may return an awaitable)."""
 
+Observe = Callable[[list[Observation]], Awaitable[None]]
+"""Hand delivered records to the statistics; returns once they are durable, before the inputs are acked."""
+
 
 class Publisher(Protocol):
     async def send(self, record: OutboundRecord) -> Awaitable[Any]: ...
@@ -59,9 +67,14 @@ class _Work:
     record: InboundRecord
     ack: Ack
     event: PredictionEvent | None = None
-    runner: ModelRunner | None = None
+    runner: Runner | None = None
     outcome: asyncio.Future[Batched[ModelOutput]] | None = None
+    shadow_runners: list[Runner] | None = None
+    shadows: list[tuple[Runner, asyncio.Future[Batched[ModelOutput]]]] | None = None
+    cache_hit: bool = False
     error: RecordError | None = None
+    output: ModelOutput | None = None
+    batch_size: int = 0
     latency_s: float = 0.0
 
     def __str__(self) -> str:
@@ -101,24 +114,33 @@ class InferencePipeline:
     def __init__(
         self,
         settings: Settings,
-        runners: Mapping[str, ModelRunner],
+        catalog: ModelCatalog,
         publisher: Publisher,
         on_crash: Callable[[BaseException], Any] | None = None,
         metrics: Metrics | None = None,
+        observe: Observe | None = None,
     ) -> None:
         self._settings = settings
-        self._runners = dict(runners)
+        self._catalog = catalog
         self._publisher = publisher
         self._on_crash = on_crash
+        self._observe = observe
         self._metrics = metrics or Metrics()
         self.counts = PipelineCounts()
-        self._batchers = {name: self._batcher_for(runner) for name, runner in self._runners.items()}
+        self._batchers: dict[Runner, MicroBatcher[ModelInput, ModelOutput]] = {}
+        self._pending: dict[Runner, int] = {}
+        """Records each runner still owes an output, so a retired runner closes only when it owes none."""
+        self._retiring: set[Runner] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._cache: ResultCache[ModelOutput] | None = None
+        if settings.result_cache_size:
+            self._cache = ResultCache(settings.result_cache_size, settings.result_cache_ttl_s)
         self._credits = Credits(settings.max_in_flight)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._to_emit: asyncio.Queue[list[_Work]] = asyncio.Queue()
-        self._confirmer = InOrderConfirmer[_Work](
+        self._confirmer = InOrderConfirmer[_Work | Runner](
             publisher.send, self._done, settings.publish_retry_backoff_s, "pipeline"
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,8 +152,7 @@ class InferencePipeline:
     def start(self) -> None:
         if self._tasks:
             return
-        for batcher in self._batchers.values():
-            batcher.start()
+        self._catalog.on_retired = self._retire
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._emit_forever(), name="pipeline-emitter"),
@@ -176,13 +197,20 @@ class InferencePipeline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    def _batcher_for(self, runner: ModelRunner) -> MicroBatcher[list[float], ModelOutput]:
+    def _batcher(self, runner: Runner) -> MicroBatcher[ModelInput, ModelOutput]:
+        batcher = self._batchers.get(runner)
+        if batcher is None:
+            batcher = self._batchers[runner] = self._batcher_for(runner)
+            batcher.start()
+        return batcher
+
+    def _batcher_for(self, runner: Runner) -> MicroBatcher[ModelInput, ModelOutput]:
         name, version = runner.metadata.name, runner.metadata.version
         compute = self._metrics.compute.labels(name, version)
         batch_size = self._metrics.batch_size.labels(name)
         queue_wait = self._metrics.queue_wait.labels(name)
 
-        async def forward(rows: list[list[float]]) -> list[ModelOutput]:
+        async def forward(rows: list[ModelInput]) -> list[ModelOutput]:
             started = time.perf_counter()
             outputs = await runner.predict_async(rows)
             compute.observe(time.perf_counter() - started)
@@ -205,34 +233,54 @@ class InferencePipeline:
     def _prepare(self, record: InboundRecord, ack: Ack) -> _Work:
         work = _Work(record, ack)
         try:
-            work.event = parse_event(record.value, record.source, self._settings.max_record_bytes)
-            work.runner = self._runner_for(work.event)
+            event = work.event = parse_event(record.value, record.source, self._settings.max_record_bytes)
+            runner, shadows = self._catalog.select(event.model, event.user_id)
+            work.runner = runner  # set before the check: a misfit is dead-lettered as meant for this model
+            check_input(event, runner)
         except InvalidRecord as exc:
             work.error = exc
+            return work
+        work.shadow_runners = shadows or None
         return work
 
     def _batch(self, works: list[_Work]) -> None:
-        """Hand the valid records' features to their model's batcher, in order."""
-        per_model: dict[str, list[_Work]] = {}
+        """Hand the valid records' inputs to their runners' batchers (shadows too), in order."""
+        per_runner: dict[Runner, list[_Work]] = {}
+        shadowed: dict[Runner, list[_Work]] = {}
         for work in works:
-            if work.runner is not None:
-                per_model.setdefault(work.runner.metadata.name, []).append(work)
-        for name, model_works in per_model.items():
-            features = [work.event.features for work in model_works if work.event is not None]
-            for work, outcome in zip(model_works, self._batchers[name].submit_many(features), strict=True):
+            if work.runner is None or work.error is not None:
+                continue
+            if self._cache is None or not self._from_cache(work):
+                per_runner.setdefault(work.runner, []).append(work)
+            for shadow in work.shadow_runners or ():
+                shadowed.setdefault(shadow, []).append(work)
+        for runner, runner_works in per_runner.items():
+            outcomes = self._submit(runner, runner_works)
+            for work, outcome in zip(runner_works, outcomes, strict=True):
                 work.outcome = outcome
+        for shadow, shadow_works in shadowed.items():
+            outcomes = self._submit(shadow, shadow_works)
+            for work, outcome in zip(shadow_works, outcomes, strict=True):
+                if work.shadows is None:
+                    work.shadows = []
+                work.shadows.append((shadow, outcome))
 
-    def _runner_for(self, event: PredictionEvent) -> ModelRunner:
-        name = event.model or self._settings.default_model
-        runner = self._runners.get(name)
-        if runner is None:
-            raise InvalidRecord("unknown_model", f"model {name!r} is not loaded (loaded: {', '.join(self._runners)})")
-        expected = runner.metadata.input_size
-        if len(event.features) != expected:
-            raise InvalidRecord(
-                "wrong_feature_count", f"{len(event.features)} features given, model {name!r} takes {expected}"
-            )
-        return runner
+    def _submit(self, runner: Runner, works: list[_Work]) -> list[asyncio.Future[Batched[ModelOutput]]]:
+        self._pending[runner] = self._pending.get(runner, 0) + len(works)
+        return self._batcher(runner).submit_many([model_input(work.event) for work in works if work.event])
+
+    def _from_cache(self, work: _Work) -> bool:
+        assert self._cache is not None and work.runner is not None and work.event is not None
+        model = work.runner.metadata.name
+        cached = self._cache.get(cache_key(work.runner, work.event))
+        if cached is None:
+            self._metrics.cache_misses.labels(model).inc()
+            return False
+        self._metrics.cache_hits.labels(model).inc()
+        work.outcome = asyncio.get_running_loop().create_future()
+        work.outcome.set_result(Batched(cached, 0))
+        work.cache_hit = True
+        return True
 
     async def _emit_forever(self) -> None:
         step = self._settings.max_batch_size
@@ -240,9 +288,17 @@ class InferencePipeline:
             works = await self._to_emit.get()
             for start in range(0, len(works), step):  # publish each model batch's share as soon as it is done
                 part = works[start : start + step]
-                outbounds = [await self._outbound(work) for work in part]
+                items: list[_Work | Runner] = []
+                outbounds: list[OutboundRecord] = []
+                for work in part:
+                    # The input's own output last: the group is acked only once all of its outputs are.
+                    for shadow, outbound in await self._shadow_outbounds(work):
+                        items.append(shadow)
+                        outbounds.append(outbound)
+                    items.append(work)
+                    outbounds.append(await self._outbound(work))
                 deliveries = await self._publisher.send_many(outbounds)
-                self._confirmer.put(list(zip(part, outbounds, deliveries, strict=True)))
+                self._confirmer.put(list(zip(items, outbounds, deliveries, strict=True)))
 
     async def _outbound(self, work: _Work) -> OutboundRecord:
         record = work.record
@@ -251,22 +307,61 @@ class InferencePipeline:
                 batched = await work.outcome
             except RecordError as exc:
                 work.error = exc
+                self._owed(work.runner)
             else:
+                if not work.cache_hit:
+                    self._owed(work.runner)
                 assert work.event is not None and work.runner is not None
-                metadata = work.runner.metadata
-                result = build_result(work.event, batched.value, metadata, batched.batch_size, record.source)
+                if self._cache is not None and not work.cache_hit:
+                    self._cache.put(cache_key(work.runner, work.event), batched.value)
+                result = build_result(
+                    work.event, batched.value, work.runner.metadata, batched.batch_size, record.source, work.cache_hit
+                )
                 work.latency_s = result["latency_ms"] / 1000.0
-                return OutboundRecord(self._settings.output_topic, record.key, encode_result(result), [])
+                work.output, work.batch_size = batched.value, batched.batch_size
+                return OutboundRecord(
+                    self._settings.output_topic, record.key, encode_result(result), [], source=record.source
+                )
         assert work.error is not None
         log.warning("dead-lettering %s: %s: %s", record.source, work.error.error_class, work.error.reason)
-        runner = work.runner or self._runners[self._settings.default_model]
+        runner = work.runner or self._catalog.serving(self._settings.default_model)
         headers = dead_letter_headers(work.error, record.source, record.headers, runner.metadata)
-        return OutboundRecord(self._settings.dead_letter_topic, record.key, record.value, headers, record.timestamp_ms)
+        dead_letter = self._settings.dead_letter_topic
+        return OutboundRecord(dead_letter, record.key, record.value, headers, record.timestamp_ms, source=record.source)
 
-    async def _done(self, works: list[_Work]) -> None:
+    async def _shadow_outbounds(self, work: _Work) -> list[tuple[Runner, OutboundRecord]]:
+        """Shadow results for the shadow topic; a shadow's failure is counted, never dead-lettered."""
+        outbounds = []
+        assert work.event is not None or not work.shadows
+        for runner, outcome in work.shadows or ():
+            metadata = runner.metadata
+            try:
+                batched = await outcome
+            except RecordError as exc:
+                log.warning("shadow %s failed on %s: %s", runner.key, work, exc.reason)
+                self._metrics.shadow_errors.labels(metadata.name, metadata.version).inc()
+                continue
+            finally:
+                self._owed(runner)
+            assert work.event is not None
+            result = build_result(work.event, batched.value, metadata, batched.batch_size, work.record.source)
+            result["shadow"] = True
+            value = encode_result(result)
+            shadow = OutboundRecord(self._settings.shadow_topic, work.record.key, value, [], source=work.record.source)
+            outbounds.append((runner, shadow))
+        return outbounds
+
+    async def _done(self, works: list[_Work | Runner]) -> None:
         """Ack the inputs of outputs the broker acknowledged, and count them."""
-        predicted: dict[ModelRunner, list[float]] = {}
+        if self._observe is not None:
+            await self._observe([self._observation(work) for work in works if isinstance(work, _Work)])
+        predicted: dict[Runner, list[float]] = {}
+        shadows = 0
         for work in works:
+            if not isinstance(work, _Work):
+                shadows += 1
+                self._metrics.shadow_predictions.labels(work.metadata.name, work.metadata.version).inc()
+                continue
             acked = work.ack()
             if inspect.isawaitable(acked):
                 await acked
@@ -280,7 +375,7 @@ class InferencePipeline:
             end_to_end = self._metrics.end_to_end.labels(runner.metadata.name)
             for latency_s in latencies:
                 end_to_end.observe(max(latency_s, 0.0))
-        done = len(works)
+        done = len(works) - shadows
         predicted_count = sum(len(latencies) for latencies in predicted.values())
         self.counts.predicted += predicted_count
         self.counts.dead_lettered += done - predicted_count
@@ -290,6 +385,52 @@ class InferencePipeline:
         if self._in_flight == 0:
             self._idle.set()
 
+    def _observation(self, work: _Work) -> Observation:
+        """What the statistics need of a delivered record (its model: as in the dead-letter headers)."""
+        record = work.record
+        source = source_name(record.source.topic, record.source.partition)
+        if work.error is not None or work.output is None or work.event is None:
+            metadata = (work.runner or self._catalog.serving(self._settings.default_model)).metadata
+            event_time_ms = record.timestamp_ms if record.timestamp_ms is not None else time.time() * 1000.0
+            return Observation(metadata.name, metadata.version, event_time_ms, source, record.source.offset, True)
+        assert work.runner is not None
+        metadata, output = work.runner.metadata, work.output
+        return Observation(
+            metadata.name,
+            metadata.version,
+            work.event.event_time_ms,
+            source,
+            record.source.offset,
+            prediction=output.prediction,
+            label=output.label,
+            latency_ms=work.latency_s * 1000.0,
+            batch_size=work.batch_size,
+        )
+
+    def _retire(self, runner: Runner) -> None:
+        """The catalog stopped routing to ``runner``: close it once it owes no outputs."""
+        self._retiring.add(runner)
+        if not self._pending.get(runner):
+            self._close(runner)
+
+    def _owed(self, runner: Runner | None) -> None:
+        """One output of ``runner`` is computed (or failed)."""
+        assert runner is not None
+        left = self._pending[runner] = self._pending[runner] - 1
+        if not left and runner in self._retiring:
+            self._close(runner)
+
+    def _close(self, runner: Runner) -> None:
+        self._retiring.discard(runner)
+        self._pending.pop(runner, None)
+        batcher = self._batchers.pop(runner, None)
+        if batcher is not None:
+            task = asyncio.get_running_loop().create_task(batcher.stop(), name=f"stop-{runner.key}")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        runner.close()
+        log.info("closed retired model %s", runner.key)
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
@@ -298,3 +439,27 @@ class InferencePipeline:
         log.critical("%s crashed; nothing after this point is acked: %r", task.get_name(), exc)
         if self._on_crash is not None:
             self._on_crash(exc)
+
+
+def check_input(event: PredictionEvent, runner: Runner) -> None:
+    """Raise InvalidRecord when the event's input does not fit the model."""
+    wanted = runner.metadata.input
+    given = "features" if event.text is None else "text"
+    if given != wanted:
+        raise InvalidRecord("wrong_input_kind", f"the event carries {given}, model {runner.key} takes {wanted}")
+    if event.text is not None:
+        return
+    expected = runner.metadata.input_size
+    if len(event.features) != expected:
+        raise InvalidRecord(
+            "wrong_feature_count", f"{len(event.features)} features given, model {runner.key} takes {expected}"
+        )
+
+
+def model_input(event: PredictionEvent) -> ModelInput:
+    return event.input
+
+
+def cache_key(runner: Runner, event: PredictionEvent) -> tuple[str, tuple[float, ...] | str]:
+    """The input itself, not only its hash, so colliding inputs never share a result."""
+    return runner.key, tuple(event.features) if event.text is None else event.text

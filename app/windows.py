@@ -30,7 +30,7 @@ class Observation:
     model_version: str
     event_time_ms: float
     source: str
-    """``topic:partition`` of the predictions or dead-letter record observed."""
+    """``topic:partition`` of the input record observed."""
     offset: int
     dead_letter: bool = False
     prediction: float | None = None
@@ -44,6 +44,11 @@ class Observation:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Observation:
         return cls(**data)
+
+
+def source_name(topic: str, partition: int) -> str:
+    """How statistics name a source partition: ``topic:partition``."""
+    return f"{topic}:{partition}"
 
 
 def window_start_ms(event_time_ms: float, size_ms: int) -> int:

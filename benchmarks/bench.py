@@ -294,6 +294,13 @@ def model_compute_ms(batch_size: int) -> float:
     return statistics.median(timings)
 
 
+def model_description() -> str:
+    """The model every system runs: the registry's latest breast-cancer version, as the worker serves it."""
+    metadata = ModelRegistry(REPO_ROOT / "models").metadata("breast-cancer")
+    architecture = metadata.extra.get("description", "").split(" on ")[0]
+    return f"breast-cancer/{metadata.version} ({architecture}, {metadata.format})"
+
+
 def machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
@@ -310,7 +317,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "events": args.events,
         "partitions": PARTITIONS,
-        "model": "breast-cancer/1 (MLP 30-32-2, torch.export)",
+        "model": model_description(),
         "logs": str(workdir),
     }
 

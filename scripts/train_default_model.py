@@ -5,7 +5,10 @@ A small MLP classifier on scikit-learn's bundled Wisconsin breast-cancer data se
 is baked into the network so the worker feeds raw features. The artifact is a torch.export
 program (``model.pt2``) with a dynamic batch dimension, plus ``metadata.json``.
 
-    python scripts/train_default_model.py [--out models] [--version 1]
+    python scripts/train_default_model.py [--out models] [--version 1] [--hidden 32] [--seed 7]
+
+Version 1 is the default (hidden 32, seed 7); version 2 (``--version 2 --hidden 64 --seed 11``)
+is a second candidate, for routing splits, shadows and the ensemble of both.
 """
 
 from __future__ import annotations
@@ -41,10 +44,10 @@ class Classifier(nn.Module):
         return logits
 
 
-def train(x: np.ndarray, y: np.ndarray) -> Classifier:
+def train(x: np.ndarray, y: np.ndarray, hidden: int) -> Classifier:
     features = torch.tensor(x, dtype=torch.float32)
     targets = torch.tensor(y, dtype=torch.long)
-    model = Classifier(features.mean(0), features.std(0).clamp_min(1e-6))
+    model = Classifier(features.mean(0), features.std(0).clamp_min(1e-6), hidden)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
     for _ in range(300):
         optimiser.zero_grad()
@@ -63,15 +66,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     parser.add_argument("--version", default="1")
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args()
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(args.seed)
     data = load_breast_cancer()
     labels = [str(name) for name in data.target_names]  # ['malignant', 'benign']
     x_train, x_test, y_train, y_test = train_test_split(
         data.data, data.target, test_size=0.25, random_state=SEED, stratify=data.target
     )
-    model = train(x_train, y_train)
+    model = train(x_train, y_train, args.hidden)
     accuracy = float((probabilities(model, x_test).argmax(1) == y_test).mean())
 
     positive = labels.index("malignant")
@@ -96,14 +101,14 @@ def main() -> None:
         "feature_names": [str(name) for name in data.feature_names],
         "labels": labels,
         "positive_label": "malignant",
-        "description": "MLP (30-32-2) on the Wisconsin breast-cancer data set; prediction = P(malignant)",
+        "description": f"MLP (30-{args.hidden}-2) on the Wisconsin breast-cancer data set; prediction = P(malignant)",
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "training": {
             "dataset": "sklearn.datasets.load_breast_cancer",
             "rows_train": len(x_train),
             "rows_test": len(x_test),
             "test_accuracy": round(accuracy, 4),
-            "seed": SEED,
+            "seed": args.seed,
         },
         "reference_distribution": {
             "bin_edges": [round(float(edge), 6) for edge in edges],

@@ -263,7 +263,8 @@ def test_metrics_count_what_flowed(run: Run) -> None:
     before, after = run.metrics_before, scrape(run.worker)
     valid, bad = len(run.produced_valid), len(run.produced_bad)
     model = {"model": "breast-cancer"}
-    version = {"model": "breast-cancer", "version": "1"}
+    served = json.loads(run.worker.get("/models")[1])["breast-cancer"]["version"]
+    version = {"model": "breast-cancer", "version": served}
     assert value(before, "inference_predictions_total", **version) is None  # nothing had flowed yet
     assert value(after, "inference_predictions_total", **version) == valid
     assert value(after, "inference_events_consumed_total", topic=run.names.input_topic) == valid + bad
@@ -280,7 +281,7 @@ def test_metrics_count_what_flowed(run: Run) -> None:
     assert value(after, "inference_model_compute_seconds_count", **version) == batches
     assert value(after, "inference_records_in_flight") == 0
     assert value(after, "inference_worker_up") == 1
-    assert value(after, "inference_model_info", name="breast-cancer", version="1", device="cpu") == 1
+    assert value(after, "inference_model_info", name="breast-cancer", version=served, device="cpu") == 1
 
 
 def test_consumer_lag_is_exported_per_partition_and_drains_to_zero(run: Run) -> None:

@@ -9,6 +9,7 @@ in it (including any duplicates at-least-once delivery produced after the kill).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from pathlib import Path
@@ -118,7 +119,8 @@ def test_a_window_survives_a_killed_worker_and_closes_exactly_once(
     env = worker_env(bootstrap_servers, names, tmp_path / "b", **settings)  # empty data folder: recover from Kafka
     with running_worker(env, tmp_path / "worker-b.log", ready_timeout_s=180) as worker_b:
         asyncio.run(produce(bootstrap_servers, names.input_topic, second + closing))
-        key = f"breast-cancer|1|{window_start}".encode()
+        served = json.loads(worker_b.get("/models")[1])["breast-cancer"]["version"]
+        key = f"breast-cancer|{served}|{window_start}".encode()
 
         def published() -> list[Any]:
             return [r for r in asyncio.run(read_all(bootstrap_servers, stats_topic, 1.0)) if r.key == key]

@@ -8,17 +8,18 @@ in-flight records are bounded.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import torch
 
+from app.catalog import ModelCatalog
 from app.events import SourceRef
 from app.pipeline import InboundRecord, InferencePipeline, OutboundRecord
-from app.registry import ModelRegistry
-from app.runner import ModelRunner
+from app.runner import Runner
 from app.settings import REPO_ROOT, Settings
 
 
@@ -40,15 +41,22 @@ class ManualProducer:
 
 
 @pytest.fixture(scope="module")
-def runner() -> ModelRunner:
-    return ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), "breast-cancer", "1", torch.device("cpu"), False)
+def catalog() -> ModelCatalog:
+    catalog = ModelCatalog(Settings.from_env({}, model_version="1", max_batch_size=8))
+    catalog.load()
+    return catalog
+
+
+@pytest.fixture(scope="module")
+def runner(catalog: ModelCatalog) -> Runner:
+    return catalog.serving("breast-cancer")
 
 
 def settings(**overrides: Any) -> Settings:
     return Settings.from_env({}, **{"max_wait_ms": 1.0, "publish_retry_backoff_s": 0.01, **overrides})
 
 
-def record(offset: int, runner: ModelRunner, valid: bool = True) -> InboundRecord:
+def record(offset: int, runner: Runner, valid: bool = True) -> InboundRecord:
     features = [1.0] * runner.metadata.input_size
     value = orjson.dumps({"event_id": f"e{offset}", "user_id": "u", "features": features, "timestamp": 0})
     return InboundRecord(SourceRef("events", 0, offset), b"u", value if valid else b"{broken")
@@ -61,9 +69,9 @@ async def wait_until(condition: Any, limit_s: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-async def test_acks_only_after_the_broker_acknowledges(runner: ModelRunner) -> None:
+async def test_acks_only_after_the_broker_acknowledges(catalog: ModelCatalog, runner: Runner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(), {"breast-cancer": runner}, producer)
+    pipeline = InferencePipeline(settings(), catalog, producer)
     pipeline.start()
     acked: list[int] = []
     for offset in range(3):
@@ -83,9 +91,9 @@ async def test_acks_only_after_the_broker_acknowledges(runner: ModelRunner) -> N
     await pipeline.stop()
 
 
-async def test_a_failed_delivery_is_resent_before_the_ack(runner: ModelRunner) -> None:
+async def test_a_failed_delivery_is_resent_before_the_ack(catalog: ModelCatalog, runner: Runner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(), {"breast-cancer": runner}, producer)
+    pipeline = InferencePipeline(settings(), catalog, producer)
     pipeline.start()
     acked: list[int] = []
     await pipeline.submit(record(0, runner), lambda: acked.append(0))
@@ -100,9 +108,9 @@ async def test_a_failed_delivery_is_resent_before_the_ack(runner: ModelRunner) -
     await pipeline.stop()
 
 
-async def test_in_flight_records_are_bounded(runner: ModelRunner) -> None:
+async def test_in_flight_records_are_bounded(catalog: ModelCatalog, runner: Runner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(max_in_flight=4), {"breast-cancer": runner}, producer)
+    pipeline = InferencePipeline(settings(max_in_flight=4), catalog, producer)
     pipeline.start()
     submitted = 0
 
@@ -131,9 +139,9 @@ async def test_in_flight_records_are_bounded(runner: ModelRunner) -> None:
     await pipeline.stop()
 
 
-async def test_results_carry_the_model_version_and_batch(runner: ModelRunner) -> None:
+async def test_results_carry_the_model_version_and_batch(catalog: ModelCatalog, runner: Runner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(max_wait_ms=50.0), {"breast-cancer": runner}, producer)
+    pipeline = InferencePipeline(settings(max_wait_ms=50.0), catalog, producer)
     pipeline.start()
     for offset in range(5):
         await pipeline.submit(record(offset, runner), lambda: None)
@@ -145,4 +153,96 @@ async def test_results_carry_the_model_version_and_batch(runner: ModelRunner) ->
     assert all(r.key == b"u" for r in producer.sent)
     for delivery in producer.deliveries:
         delivery.set_result(None)
+    await pipeline.stop()
+
+
+class AckingProducer(ManualProducer):
+    """A broker that acknowledges every record at once."""
+
+    async def send(self, record: OutboundRecord) -> asyncio.Future[None]:
+        future = await super().send(record)
+        future.set_result(None)
+        return future
+
+
+def results_on(producer: ManualProducer, topic: str) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value or b"") for r in producer.sent if r.topic == topic]
+
+
+async def test_a_cache_hit_skips_the_forward_and_says_so(catalog: ModelCatalog, runner: Runner) -> None:
+    producer = AckingProducer()
+    pipeline = InferencePipeline(settings(result_cache_size=10), catalog, producer)
+    pipeline.start()
+    await pipeline.submit(record(0, runner), lambda: None)
+    await pipeline.drain()
+    await pipeline.submit(record(1, runner), lambda: None)  # same features, another event
+    await pipeline.drain()
+    first, second = results_on(producer, "predictions")
+    assert (first["cache_hit"], first["batch_size"]) == (False, 1)
+    assert (second["cache_hit"], second["batch_size"]) == (True, 0)
+    assert second["event_id"] == "e1" and second["offset"] == 1
+    assert second["prediction"] == first["prediction"] and second["model_version"] == first["model_version"]
+    assert pipeline.counts.batches == 1
+    await pipeline.stop()
+
+
+@pytest.fixture(scope="module")
+def shadowed() -> ModelCatalog:
+    routing = '{"breast-cancer": {"split": {"1": 1}, "shadow": ["2"]}}'
+    catalog = ModelCatalog(Settings.from_env({}, model_routing=routing, max_batch_size=8))
+    catalog.load()
+    return catalog
+
+
+async def test_shadow_results_go_to_the_shadow_topic_only(shadowed: ModelCatalog, runner: Runner) -> None:
+    producer = ManualProducer()
+    pipeline = InferencePipeline(settings(), shadowed, producer)
+    pipeline.start()
+    acked: list[int] = []
+    for offset in range(3):
+        await pipeline.submit(record(offset, runner), lambda o=offset: acked.append(o))
+    await wait_until(lambda: len(producer.sent) == 6)
+    served, shadow = results_on(producer, "predictions"), results_on(producer, "predictions.shadow")
+    assert [(r["event_id"], r["model_version"], "shadow" in r) for r in served] == [
+        (f"e{n}", "1", False) for n in range(3)
+    ]
+    assert [(r["event_id"], r["model_version"], r["shadow"]) for r in shadow] == [
+        (f"e{n}", "2", True) for n in range(3)
+    ]
+    # An input is acked only once its shadow result is acknowledged too.
+    for delivery, sent in zip(producer.deliveries, producer.sent, strict=True):
+        if sent.topic == "predictions":
+            delivery.set_result(None)
+    await asyncio.sleep(0.05)
+    assert acked == []
+    for delivery in producer.deliveries:
+        if not delivery.done():
+            delivery.set_result(None)
+    await wait_until(lambda: acked == [0, 1, 2])
+    assert pipeline.counts.predicted == 3
+    await pipeline.stop()
+
+
+async def test_a_switch_between_batches_tags_each_result_with_its_producer(tmp_path: Path) -> None:
+    for version in ("1", "2"):
+        shutil.copytree(REPO_ROOT / "models" / "breast-cancer" / version, tmp_path / "breast-cancer" / version)
+    routing = tmp_path / "routing.json"
+    routing.write_text('{"breast-cancer": {"split": {"1": 1}}}')
+    catalog = ModelCatalog(Settings.from_env({}, model_dir=tmp_path, routing_file=routing, max_batch_size=8))
+    catalog.load()
+    old = catalog.serving("breast-cancer")
+    producer = AckingProducer()
+    pipeline = InferencePipeline(settings(max_wait_ms=30.0), catalog, producer)
+    pipeline.start()
+    for offset in range(4):
+        await pipeline.submit(record(offset, old), lambda: None)
+    routing.write_text('{"breast-cancer": {"split": {"2": 1}}}')
+    await catalog.refresh()  # while the first four still wait for their batch
+    for offset in range(4, 8):
+        await pipeline.submit(record(offset, old), lambda: None)
+    await pipeline.drain()
+    results = results_on(producer, "predictions")
+    assert [(r["offset"], r["model_version"]) for r in results] == [(n, "1" if n < 4 else "2") for n in range(8)]
+    assert {r["batch_size"] for r in results} == {4}
+    assert old not in pipeline._batchers  # retired and closed once its last records were out
     await pipeline.stop()

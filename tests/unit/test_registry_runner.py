@@ -31,6 +31,7 @@ def test_latest_is_the_highest_version(registry_copy: ModelRegistry) -> None:
     source = registry_copy.root / "breast-cancer" / "1"
     for version in ("2", "10"):
         target = registry_copy.root / "breast-cancer" / version
+        shutil.rmtree(target, ignore_errors=True)  # the shipped version 2 is replaced by a copy of 1
         shutil.copytree(source, target)
         metadata = json.loads((target / "metadata.json").read_text())
         (target / "metadata.json").write_text(json.dumps({**metadata, "version": version}))
