@@ -11,6 +11,7 @@ import sys
 from aiokafka.errors import KafkaConnectionError
 
 from app.errors import ConfigError, ModelLoadError
+from app.security import client_config, explain_connection_failure, hide_sasl_exchange
 from app.settings import Settings, describe
 
 
@@ -51,16 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        client_config(settings)  # loads the TLS files: one that does not load stops the start here
     except ConfigError as exc:
         print(f"inference-worker: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    hide_sasl_exchange()
     try:
         return _run(args, settings)
     except ModelLoadError as exc:
         print(f"inference-worker: model error: {exc}", file=sys.stderr)
         return 1
     except KafkaConnectionError:
+        refused = asyncio.run(explain_connection_failure(settings))
+        if refused:
+            print(f"inference-worker: {refused}", file=sys.stderr)
+            return 1
         print(
             f"inference-worker: cannot reach Kafka at {settings.bootstrap_servers}: start it (make kafka-up) "
             "or set KAFKA_BOOTSTRAP_SERVERS",
@@ -95,7 +102,9 @@ def _worker(settings: Settings) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(
-        ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions)
+        ensure_topics(
+            settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **client_config(settings)
+        )
     )
     # torch and faust leave ~1M long-lived objects; without freezing them every full collection
     # walks them all, a pause of tens of milliseconds on the hot path.
@@ -113,11 +122,19 @@ async def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from app.registry import ModelRegistry
     from app.topics import ensure_topics, worker_topics
 
-    await ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions)
+    config = client_config(settings)
+    await ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **config)
     metadata = ModelRegistry(settings.model_dir).metadata(args.model or settings.default_model, settings.model_version)
     factory = EventFactory(metadata, seed=args.seed)
     report = await produce_events(
-        settings.bootstrap_servers, settings.input_topic, factory, args.count, args.rate, args.malformed, args.model
+        settings.bootstrap_servers,
+        settings.input_topic,
+        factory,
+        args.count,
+        args.rate,
+        args.malformed,
+        args.model,
+        **config,
     )
     print(
         f"sent {report.sent} events to {settings.input_topic} in {report.seconds:.2f}s "
@@ -131,6 +148,7 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
     from app.tail import follow
 
     topics = (settings.output_topic, settings.dead_letter_topic)
-    async for record in follow(settings.bootstrap_servers, topics, args.from_beginning, args.idle_timeout):
+    config = client_config(settings)
+    async for record in follow(settings.bootstrap_servers, topics, args.from_beginning, args.idle_timeout, **config):
         print(describe_record(record, settings.dead_letter_topic), flush=True)
     return 0

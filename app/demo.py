@@ -23,6 +23,7 @@ import orjson
 
 from app.loadgen import EventFactory, produce_events
 from app.registry import ModelRegistry
+from app.security import client_config
 from app.settings import Settings
 from app.tail import describe, follow
 from app.topics import ensure_topics, worker_topics
@@ -47,7 +48,9 @@ def wait_ready(port: int, worker: subprocess.Popen[bytes], log_path: Path, timeo
 
 
 async def run_demo(settings: Settings, count: int, rate: float, malformed: float) -> int:
-    await ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions)
+    await ensure_topics(
+        settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **client_config(settings)
+    )
     log_path = Path(settings.data_dir) / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
@@ -71,10 +74,13 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
     metadata = ModelRegistry(settings.model_dir).metadata(settings.default_model, settings.model_version)
     factory = EventFactory(metadata)
     watched = (settings.output_topic, settings.dead_letter_topic)
-    records = follow(settings.bootstrap_servers, watched, from_beginning=False, idle_timeout_s=60)
+    config = client_config(settings)
+    records = follow(settings.bootstrap_servers, watched, from_beginning=False, idle_timeout_s=60, **config)
     first = asyncio.ensure_future(anext(records))  # subscribe before producing, so nothing is missed
     await asyncio.sleep(2.0)
-    report = await produce_events(settings.bootstrap_servers, settings.input_topic, factory, count, rate, malformed)
+    report = await produce_events(
+        settings.bootstrap_servers, settings.input_topic, factory, count, rate, malformed, **config
+    )
     print(f"demo: produced {report.sent} events ({report.malformed.total()} malformed) in {report.seconds:.1f}s")
     expected_results = set(report.valid_event_ids)
     expected_dead = report.malformed.total()

@@ -78,10 +78,13 @@ async def produce_events(
     malformed_fraction: float = 0.0,
     model: str | None = None,
     progress: bool = True,
+    **config: Any,
 ) -> ProduceReport:
-    """Send ``count`` events (``rate`` per second, 0 = as fast as possible) and wait for every ack."""
+    """Send ``count`` events (``rate`` per second, 0 = as fast as possible) and wait for every ack.
+
+    ``config``: more AIOKafkaProducer arguments (``app.security.client_config``)."""
     report = ProduceReport()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all", **config)
     await producer.start()
     started = time.perf_counter()
     bar = tqdm(total=count, unit="ev", disable=not progress, desc=f"producing to {topic}")

@@ -15,17 +15,21 @@ async def follow(
     topics: Sequence[str],
     from_beginning: bool = False,
     idle_timeout_s: float | None = None,
+    **config: Any,
 ) -> AsyncGenerator[ConsumerRecord[bytes, bytes]]:
-    """Yield records from ``topics`` (no consumer group, nothing committed) until idle for too long."""
+    """Yield records from ``topics`` (no consumer group, nothing committed) until idle for too long.
+
+    ``config``: more AIOKafkaConsumer arguments (``app.security.client_config``)."""
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
+        **config,
     )
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a start that fails (no broker, refused login) still stops it
         last = time.monotonic()
         while idle_timeout_s is None or time.monotonic() - last < idle_timeout_s:
             batches = await consumer.getmany(timeout_ms=200)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -15,12 +16,20 @@ log = logging.getLogger(__name__)
 
 def worker_topics(settings: Settings) -> tuple[str, ...]:
     """The topics a worker reads and writes, besides Faust's internal ones."""
-    return (settings.input_topic, settings.output_topic, settings.dead_letter_topic, settings.stats_topic)
+    return (
+        settings.input_topic,
+        settings.output_topic,
+        settings.dead_letter_topic,
+        settings.stats_topic,
+        settings.shadow_topic,
+    )
 
 
-async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> None:
-    """Create each topic that does not exist yet; existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="inference-worker-admin")
+async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int, **config: Any) -> None:
+    """Create each topic that does not exist yet; existing topics are left as they are.
+
+    ``config``: more AIOKafkaAdminClient arguments (``app.security.client_config``)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="inference-worker-admin", **config)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

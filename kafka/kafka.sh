@@ -5,10 +5,17 @@
 #   kafka/kafka.sh down           stop it (no-op when already down)
 #   kafka/kafka.sh status         exit 0 and print "up" when it answers, else exit 3
 #
+# Listeners: PLAINTEXT on 127.0.0.1:$KAFKA_LOCAL_PORT (everything uses it), and SASL_PLAINTEXT on
+# 127.0.0.1:$KAFKA_LOCAL_SASL_PORT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for one user,
+# inference-worker / local-test-only: test-only credentials, known to everyone, for tests of the
+# worker's SASL settings. The SCRAM credentials are stored in the cluster metadata: added at
+# format time, and once into a data folder formatted before the SASL listener existed.
+#
 # Environment (all optional):
 #   KAFKA_BOOTSTRAP_SERVERS   when set, another broker is in use: up/down start and stop nothing
 #   KAFKA_LOCAL_DIR           state folder (jars, data, log, pid); default ~/.cache/inference-worker/kafka
 #   KAFKA_LOCAL_PORT          client port, default 9092; KAFKA_LOCAL_CONTROLLER_PORT, default 9093
+#   KAFKA_LOCAL_SASL_PORT     SASL_PLAINTEXT client port, default 9094
 #   KAFKA_START_TIMEOUT       seconds to wait for readiness, default 120
 #   KAFKA_HEAP                broker heap, default 512m
 #   KAFKA_LOCAL_LIBS          folder of the resolved jars; default $KAFKA_LOCAL_DIR/libs-<version>
@@ -24,6 +31,11 @@ log="$state/kafka.log"
 pidfile="$state/kafka.pid"
 port=${KAFKA_LOCAL_PORT:-9092}
 controller_port=${KAFKA_LOCAL_CONTROLLER_PORT:-9093}
+sasl_port=${KAFKA_LOCAL_SASL_PORT:-9094}
+sasl_user=inference-worker
+sasl_password=local-test-only
+# Written once the SCRAM credentials are in this data folder's metadata; goes away with the folder.
+scram_marker="$data/scram-users.local"
 timeout_s=${KAFKA_START_TIMEOUT:-120}
 
 fail() { echo "kafka-local: $*" >&2; exit 1; }
@@ -57,6 +69,7 @@ kafka_java() { java -Xmx256m -cp "$libs/*" "$@"; }
 
 format_storage() {
   sed -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$controller_port#g" -e "s#@DATA_DIR@#$data#g" \
+    -e "s#@SASL_PORT@#$sasl_port#g" -e "s#@SASL_USER@#$sasl_user#g" -e "s#@SASL_PASSWORD@#$sasl_password#g" \
     "$here/server.properties.template" >"$state/server.properties"
   if [ -f "$data/meta.properties" ]; then
     grep -q '^cluster.id=' "$data/meta.properties" \
@@ -66,13 +79,30 @@ format_storage() {
   mkdir -p "$data"
   local cluster_id
   cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>>"$log")
-  kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$state/server.properties" --ignore-formatted >>"$log" 2>&1 \
+  kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$state/server.properties" --ignore-formatted \
+    --add-scram "SCRAM-SHA-256=[name=$sasl_user,password=$sasl_password]" \
+    --add-scram "SCRAM-SHA-512=[name=$sasl_user,password=$sasl_password]" >>"$log" 2>&1 \
     || fail "formatting $data failed (see $log): run 'make kafka-up FRESH=1' to start from a fresh data folder"
+  touch "$scram_marker"
+}
+
+# A data folder formatted before the SASL listener existed lacks the SCRAM user: add it through the
+# running broker (AlterUserScramCredentials; idempotent), once, instead of asking for a fresh folder.
+add_scram_user() {
+  [ -f "$scram_marker" ] && return 0
+  local mechanism
+  for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do  # one per request: the broker refuses two for one user
+    kafka_java kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$port" --alter --entity-type users \
+      --entity-name "$sasl_user" --add-config "$mechanism=[password=$sasl_password]" >>"$log" 2>&1 \
+      || fail "adding the SCRAM user $sasl_user failed (see $log): run 'make kafka-up FRESH=1' to start from a fresh data folder"
+  done
+  say "added the SCRAM user $sasl_user to the existing data folder"
+  touch "$scram_marker"
 }
 
 explain_exit() {
   if grep -q "Address already in use" "$log"; then
-    fail "port $port or $controller_port is taken by another process: stop it or set KAFKA_LOCAL_PORT/KAFKA_LOCAL_CONTROLLER_PORT"
+    fail "port $port, $controller_port or $sasl_port is taken by another process: stop it or set KAFKA_LOCAL_PORT/KAFKA_LOCAL_CONTROLLER_PORT/KAFKA_LOCAL_SASL_PORT"
   elif grep -qiE "InconsistentClusterIdException|meta.properties|No readable meta.properties|KafkaStorageException|CorruptRecordException" "$log"; then
     fail "the data folder $data is unusable (see $log): run 'make kafka-up FRESH=1' to start from a fresh one"
   fi
@@ -87,11 +117,16 @@ up() {
   mkdir -p "$state"
   if pid_alive && answers; then
     say "already up on 127.0.0.1:$port (pid $(cat "$pidfile"))"
+    if port_open "$sasl_port"; then
+      add_scram_user
+    else
+      say "no SASL listener on 127.0.0.1:$sasl_port: this broker was started before it existed; restart it (make kafka-down kafka-up) for the SASL tests"
+    fi
     return 0
   fi
   pid_alive && fail "a broker (pid $(cat "$pidfile")) is running but not answering on port $port: run 'make kafka-down' first"
-  for p in "$port" "$controller_port"; do
-    port_open "$p" && fail "port $p is taken by another process: stop it or set KAFKA_LOCAL_PORT/KAFKA_LOCAL_CONTROLLER_PORT"
+  for p in "$port" "$controller_port" "$sasl_port"; do
+    port_open "$p" && fail "port $p is taken by another process: stop it or set KAFKA_LOCAL_PORT/KAFKA_LOCAL_CONTROLLER_PORT/KAFKA_LOCAL_SASL_PORT"
   done
   check_java
   resolve_jars
@@ -111,7 +146,8 @@ up() {
     fi
     sleep 0.5
   done
-  say "up on 127.0.0.1:$port in $((SECONDS - started))s (Kafka $version, log $log)"
+  add_scram_user
+  say "up on 127.0.0.1:$port (SASL_PLAINTEXT on $sasl_port) in $((SECONDS - started))s (Kafka $version, log $log)"
 }
 
 down() {

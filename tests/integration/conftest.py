@@ -7,6 +7,7 @@ reached the tests fail in CI (CI is set) and are skipped elsewhere, saying why.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -55,6 +56,44 @@ def bootstrap_servers() -> str:
     return servers
 
 
+# kafka/kafka.sh's test-only SASL user (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), known to everyone.
+SASL_USERNAME = "inference-worker"
+SASL_PASSWORD = "local-test-only"
+
+
+@pytest.fixture(scope="session")
+def sasl_bootstrap_servers(bootstrap_servers: str) -> str:
+    """The broker's SASL_PLAINTEXT listener: KAFKA_SASL_BOOTSTRAP_SERVERS, else kafka.sh's
+    (KAFKA_LOCAL_SASL_PORT, default 9094). Unreachable, or refusing the test user: fail in CI, else skip."""
+    local = f"127.0.0.1:{os.environ.get('KAFKA_LOCAL_SASL_PORT', '9094')}"
+    servers = os.environ.get("KAFKA_SASL_BOOTSTRAP_SERVERS") or local
+
+    async def login() -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=servers,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_plain_username=SASL_USERNAME,
+            sasl_plain_password=SASL_PASSWORD,
+            request_timeout_ms=10_000,
+        )
+        try:
+            await admin.start()
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(login(), 30))
+    except Exception as exc:  # noqa: BLE001 - any failure means the same: no SASL listener to test against
+        _unavailable(
+            f"no SASL_PLAINTEXT listener at {servers} accepting {SASL_USERNAME!r} ({exc!r}): restart the local "
+            "broker (make kafka-down kafka-up) or set KAFKA_SASL_BOOTSTRAP_SERVERS"
+        )
+    return servers
+
+
 @pytest.fixture(autouse=True)
 def _needs_broker(bootstrap_servers: str) -> None:
     """Every integration test needs the broker, so a missing one fails (CI) or skips them all."""
@@ -81,6 +120,10 @@ class Names:
     @property
     def dead_letter_topic(self) -> str:
         return f"it-{self.run}-events.dlq"
+
+    @property
+    def shadow_topic(self) -> str:
+        return f"it-{self.run}-predictions.shadow"
 
 
 @pytest.fixture
@@ -118,6 +161,7 @@ def worker_env(bootstrap_servers: str, names: Names, tmp_path: Path, **extra: st
         "INPUT_TOPIC": names.input_topic,
         "OUTPUT_TOPIC": names.output_topic,
         "DEAD_LETTER_TOPIC": names.dead_letter_topic,
+        "SHADOW_TOPIC": names.shadow_topic,
         "WORKER_DATA_DIR": str(tmp_path / "worker-data"),
         "LOG_LEVEL": "info",
         **extra,

@@ -59,6 +59,7 @@ def isolated(tmp_path: Path) -> dict[str, str]:
         "KAFKA_LOCAL_LIBS": os.environ.get("KAFKA_LOCAL_LIBS", str(libs)),
         "KAFKA_LOCAL_PORT": str(free_port()),
         "KAFKA_LOCAL_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_LOCAL_SASL_PORT": str(free_port()),
     }
 
 
@@ -79,7 +80,7 @@ def test_a_taken_port_is_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"kafka-local: port {env['KAFKA_LOCAL_PORT']} is taken by another process: "
-        "stop it or set KAFKA_LOCAL_PORT/KAFKA_LOCAL_CONTROLLER_PORT"
+        "stop it or set KAFKA_LOCAL_PORT/KAFKA_LOCAL_CONTROLLER_PORT/KAFKA_LOCAL_SASL_PORT"
     ]
 
 
