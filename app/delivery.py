@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from app.dead_letter import Headers
+from app.events import SourceRef
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class OutboundRecord(NamedTuple):
     timestamp_ms: int | None = None
     partition: int | None = None
     """None lets the producer's partitioner pick (by key hash)."""
+    source: SourceRef | None = None
+    """The input record this output answers; exactly-once mode commits its offset with it."""
 
 
 Send = Callable[[OutboundRecord], Awaitable[Awaitable[Any]]]

@@ -34,6 +34,11 @@ class OutputProducer:
             **config,
         )
 
+    @property
+    def client(self) -> AIOKafkaProducer:
+        """The aiokafka producer (exactly-once mode drives its transactions)."""
+        return self._producer
+
     async def start(self) -> None:
         await self._producer.start()
 

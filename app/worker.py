@@ -2,6 +2,7 @@
 
 ``create_app`` loads and warms the models before Faust starts, so a worker that joins the
 consumer group can predict at once, and a model that cannot load stops the start with one line.
+After that the model catalog reloads versions and routes at run time (``app.catalog``).
 The ``predict`` agent receives the input topic's raw records a fetch at a time (see
 ``app.transport``; faust's decoding and ``take()`` lose or stall records) and hands them to the
 ``InferencePipeline``, which acks each only after its output is acknowledged by the broker.
@@ -11,22 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+import os
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
 import faust
 from faust.web import Request, Response, View
 
+from app.catalog import ModelCatalog
 from app.delivery import OutboundRecord
 from app.events import SourceRef
 from app.metrics import Metrics
 from app.pipeline import InboundRecord, InferencePipeline
 from app.producer import OutputProducer
-from app.registry import ModelRegistry
-from app.runner import ModelRunner, pick_device
+from app.security import broker_credentials, client_config
 from app.settings import Settings
 from app.stats import StatsAgents
+from app.transactions import TransactionalPublisher
 from app.transport import BatchingConsumer, InputBatch, WorkerApp
 
 log = logging.getLogger(__name__)
@@ -37,55 +40,47 @@ INPUT_BATCHES_BUFFERED = 4
 """Fetched batches waiting for the agent; beyond this the fetcher waits (backpressure)."""
 
 
-def load_runners(settings: Settings) -> dict[str, ModelRunner]:
-    """Load and warm every configured model; raises ModelLoadError with one clear line."""
+def load_catalog(settings: Settings, metrics: Metrics) -> ModelCatalog:
+    """Load and warm every routed model version; raises ModelLoadError or ConfigError with one line."""
     import torch
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    registry = ModelRegistry(settings.model_dir)
-    device = pick_device(settings.device)
-    runners = {}
-    for name in settings.model_names:
-        runner = ModelRunner.load(
-            registry, name, settings.model_version, device, settings.half_precision, settings.model_execution
-        )
-        runner.warm_up(settings.max_batch_size)
-        runners[name] = runner
-    return runners
+    catalog = ModelCatalog(settings, metrics)
+    catalog.load()
+    return catalog
 
 
 class WorkerState:
     """What /ready reports: models warm and this worker's consumer group membership settled."""
 
-    def __init__(self, runners: Mapping[str, ModelRunner], input_topic: str) -> None:
-        self.runners = runners
+    def __init__(self, catalog: ModelCatalog, input_topic: str) -> None:
+        self.catalog = catalog
         self.input_topic = input_topic
         self.rebalanced = False
         self.assigned: set[Any] = set()
 
     @property
     def ready(self) -> bool:
-        return self.rebalanced and all(runner.warm for runner in self.runners.values())
+        return self.rebalanced and self.catalog.all_warm
 
     def readiness(self) -> dict[str, Any]:
         return {
             "ready": self.ready,
-            "models_warm": {name: runner.warm for name, runner in self.runners.items()},
+            "models_warm": {key: runner.warm for key, runner in self.catalog.runners.items()},
             "partitions_assigned": self.rebalanced,
             "input_partitions": sorted(tp.partition for tp in self.assigned if tp.topic == self.input_topic),
         }
 
 
-def create_app(
-    settings: Settings, runners: Mapping[str, ModelRunner] | None = None, metrics: Metrics | None = None
-) -> faust.App:
-    runners = load_runners(settings) if runners is None else runners
+def create_app(settings: Settings, catalog: ModelCatalog | None = None, metrics: Metrics | None = None) -> faust.App:
     metrics = metrics or Metrics()
+    catalog = load_catalog(settings, metrics) if catalog is None else catalog
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = WorkerApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
         datadir=str(settings.data_dir),
         topic_partitions=settings.topic_partitions,
         key_serializer="raw",
@@ -93,6 +88,9 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_request_timeout=30.0,
         broker_commit_interval=1.0,
+        # faust's settings read PROCESSING_GUARANTEE from the environment too, over any argument; its
+        # own exactly_once does not cover outputs sent outside its producer: off (see app.transactions).
+        env={name: value for name, value in os.environ.items() if name != "PROCESSING_GUARANTEE"},
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 10,
         web_host=settings.web_host,
@@ -100,11 +98,11 @@ def create_app(
         web_port=settings.web_port,
         web_in_thread=False,
     )
-    state = WorkerState(runners, settings.input_topic)
+    state = WorkerState(catalog, settings.input_topic)
     input_topic = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
     sink_topics = [
         app.topic(name, key_serializer="raw", value_serializer="raw")
-        for name in (settings.output_topic, settings.dead_letter_topic, settings.stats_topic)
+        for name in (settings.output_topic, settings.dead_letter_topic, settings.stats_topic, settings.shadow_topic)
     ]
 
     async def send(record: OutboundRecord) -> Awaitable[Any]:
@@ -120,6 +118,8 @@ def create_app(
         crashes.add(future)  # keep a reference until it ran
         future.add_done_callback(crashes.discard)
 
+    transactions = exactly_once(app, settings, crash) if settings.exactly_once else None
+    stats = StatsAgents(app, settings, send, metrics) if settings.stats_enabled else None
     input_batches = app.channel(maxsize=INPUT_BATCHES_BUFFERED)
     app.route_batches(input_topic, input_batches)
 
@@ -127,9 +127,10 @@ def create_app(
     async def predict(stream: faust.StreamT[InputBatch]) -> None:
         for topic in sink_topics:
             await topic.maybe_declare()
-        producer = OutputProducer(settings.bootstrap_servers)
+        producer = transactions or OutputProducer(settings.bootstrap_servers, **client_config(settings))
         await producer.start()
-        pipeline = InferencePipeline(settings, runners, producer, on_crash=crash, metrics=metrics)
+        observe = stats.record if stats is not None else None
+        pipeline = InferencePipeline(settings, catalog, producer, on_crash=crash, metrics=metrics, observe=observe)
         pipeline.start()
         consumer = cast(BatchingConsumer, app.consumer)
         ack = consumer.ack
@@ -140,6 +141,8 @@ def create_app(
                     # Fetched before a rebalance: never acked, so their new owner reads them again.
                     consumer.forget(batch.messages)
                     continue
+                if stats is not None:
+                    stats.submitted(m.partition for m in batch.messages)
                 await pipeline.submit_many([(inbound_record(m), partial(ack, m)) for m in batch.messages])
         finally:
             try:
@@ -158,12 +161,41 @@ def create_app(
 
     app.timer(LAG_INTERVAL_S)(report_lag)
 
-    stats = StatsAgents(app, settings, send, metrics) if settings.stats_enabled else None
+    if settings.model_poll_interval_s:
+
+        async def refresh_models() -> None:
+            await catalog.refresh()
+
+        app.timer(settings.model_poll_interval_s)(refresh_models)
+
     metrics.worker_up.set(1)
-    for runner in runners.values():
-        metrics.model_info.labels(runner.metadata.name, runner.metadata.version, str(runner.device)).set(1)
     register_views(app, state, stats, metrics)
     return app
+
+
+def exactly_once(app: WorkerApp, settings: Settings, crash: Callable[[BaseException], None]) -> TransactionalPublisher:
+    """Outputs and input offsets in one transaction per input partition (see ``app.transactions``).
+
+    Statistics agents stay outside these transactions; they read read_committed like the rest.
+    """
+    app.read_committed = True
+    app.transactional_offsets.add(settings.input_topic)
+    publisher = TransactionalPublisher(
+        settings.bootstrap_servers,
+        settings.app_id,
+        settings.transaction_interval_ms / 1000.0,
+        settings.publish_retry_backoff_s,
+        crash,
+        **client_config(settings),
+    )
+
+    # Runs after faust waited for every taken record to be acked (committed), and before it seeks
+    # to the committed offsets: the new producers fence a previous owner and end its transactions.
+    async def own_transactions(assigned: set[Any]) -> None:
+        await publisher.assign((tp.topic, tp.partition) for tp in assigned if tp.topic == settings.input_topic)
+
+    app.on_assigning.append(own_transactions)
+    return publisher
 
 
 def inbound_record(message: Any) -> InboundRecord:
@@ -208,12 +240,15 @@ def register_views(app: faust.App, state: WorkerState, stats: StatsAgents | None
     @app.page("/models")
     class Models(View):
         async def get(self, request: Request) -> Response:
-            return self.json(
-                {
-                    name: {**runner.metadata.to_dict(), "device": str(runner.device), "warm": runner.warm}
-                    for name, runner in state.runners.items()
-                }
-            )
+            return self.json(state.catalog.snapshot())
+
+    @app.page("/models/reload")
+    class ReloadModels(View):
+        """Admin: look for new versions and routing changes now (as the MODEL_POLL_INTERVAL_S timer does)."""
+
+        async def post(self, request: Request) -> Response:
+            changes = await state.catalog.refresh()
+            return self.json({"changes": changes, "models": state.catalog.snapshot()})
 
     @app.page("/stats")
     class Stats(View):

