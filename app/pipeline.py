@@ -53,7 +53,7 @@ Ack = Callable[[], Any]
 """Mark the input record done (may return an awaitable)."""
 
 Observe = Callable[[list[Observation]], Awaitable[None]]
-"""Hand delivered records to the statistics; returns once they are durable, before the inputs are acked."""
+"""Hand delivered records to the statistics; the awaitable completes once they are durable."""
 
 
 class Publisher(Protocol):
@@ -140,6 +140,7 @@ class InferencePipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._to_emit: asyncio.Queue[list[_Work]] = asyncio.Queue()
+        self._to_ack: asyncio.Queue[tuple[list[_Work | Runner], Awaitable[None] | None]] = asyncio.Queue()
         self._confirmer = InOrderConfirmer[_Work | Runner](
             publisher.send, self._done, settings.publish_retry_backoff_s, "pipeline"
         )
@@ -156,7 +157,8 @@ class InferencePipeline:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._emit_forever(), name="pipeline-emitter"),
-            loop.create_task(self._confirmer.run_forever(), name="pipeline-acker"),
+            loop.create_task(self._confirmer.run_forever(), name="pipeline-confirmer"),
+            loop.create_task(self._ack_forever(), name="pipeline-acker"),
         ]
         for task in self._tasks:
             task.add_done_callback(self._task_done)
@@ -351,10 +353,23 @@ class InferencePipeline:
             outbounds.append((runner, shadow))
         return outbounds
 
-    async def _done(self, works: list[_Work | Runner]) -> None:
-        """Ack the inputs of outputs the broker acknowledged, and count them."""
+    def _done(self, works: list[_Work | Runner]) -> None:
+        """The broker acknowledged these outputs: their inputs are acked once the statistics have them too."""
+        durable = None
         if self._observe is not None:
-            await self._observe([self._observation(work) for work in works if isinstance(work, _Work)])
+            durable = self._observe([self._observation(work) for work in works if isinstance(work, _Work)])
+        self._to_ack.put_nowait((works, durable))
+
+    async def _ack_forever(self) -> None:
+        """Ack in confirmation order, each group once its statistics are durable (the confirmer moves on)."""
+        while True:
+            works, durable = await self._to_ack.get()
+            if durable is not None:
+                await durable
+            await self._ack(works)
+
+    async def _ack(self, works: list[_Work | Runner]) -> None:
+        """Ack the inputs of delivered outputs, and count them."""
         predicted: dict[Runner, list[float]] = {}
         shadows = 0
         for work in works:

@@ -93,6 +93,9 @@ class StatsAgents:
         self.clock = SourceClock(settings.stats_idle_grace_s)
         self._send = send
         self._pending: dict[str, int] = {}  # source -> records submitted to the pipeline, not yet folded in
+        self._to_fold: list[tuple[list[Observation], asyncio.Future[None]]] = []
+        self._folding_wanted = asyncio.Event()
+        self._folder: asyncio.Future[None] | None = None
         self._source_topics = (settings.input_topic,)
         self._watermarks: dict[str, float] = {}  # merge stage: latest watermark per source
         partitions = settings.topic_partitions
@@ -117,13 +120,36 @@ class StatsAgents:
             source = source_name(self.settings.input_topic, partition)
             self._pending[source] = self._pending.get(source, 0) + 1
 
-    async def record(self, observations: list[Observation]) -> None:
-        """Fold observations in; returns once the changelog has them, so their inputs may be acked."""
-        try:
-            await self._fold(observations)
-        finally:
-            for observation in observations:
-                self._pending[observation.source] -= 1
+    def record(self, observations: list[Observation]) -> asyncio.Future[None]:
+        """Queue observations; the future resolves once the changelog has them, so their inputs may be acked.
+
+        One task folds whatever queued while its previous changelog write was in flight: a
+        write per group of outputs would cap the worker at about one group per broker round trip.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_fold.append((observations, done))
+        self._folding_wanted.set()
+        if self._folder is None or self._folder.done():
+            self._folder = asyncio.ensure_future(self._fold_forever())
+        return done
+
+    async def _fold_forever(self) -> None:
+        while True:
+            await self._folding_wanted.wait()
+            self._folding_wanted.clear()
+            queued, self._to_fold = self._to_fold, []
+            observations = [observation for group, _ in queued for observation in group]
+            try:
+                await self._fold(observations)
+            except Exception as exc:  # handed to the waiting pipeline too, which then crashes the worker
+                for _, done in queued:
+                    done.set_exception(exc)
+                raise
+            finally:
+                for observation in observations:
+                    self._pending[observation.source] -= 1
+            for _, done in queued:
+                done.set_result(None)
 
     async def _fold(self, observations: list[Observation]) -> None:
         now_ms = time.time() * 1000.0
