@@ -12,7 +12,7 @@ from benchmarks.peers.common import MAX_BATCH_SIZE, arguments, decode, load_runn
 
 async def main() -> None:
     args = arguments(__doc__ or "")
-    runner = load_runner()
+    runner = load_runner(args.model)
     consumer = AIOKafkaConsumer(
         args.input,
         bootstrap_servers=args.bootstrap,
@@ -33,7 +33,7 @@ async def main() -> None:
             for start in range(0, len(records), MAX_BATCH_SIZE):
                 chunk = records[start : start + MAX_BATCH_SIZE]
                 events = [decode(r.value, r.topic, r.partition, r.offset) for r in chunk]
-                outputs = runner.predict([event.features for event in events])
+                outputs = runner.predict([event.input for event in events])
                 for record, event, output in zip(chunk, events, outputs, strict=True):
                     source = SourceRef(record.topic, record.partition, record.offset)
                     value = result_bytes(runner, event, output, len(chunk), source)

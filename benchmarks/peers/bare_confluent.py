@@ -12,7 +12,7 @@ from benchmarks.peers.common import MAX_BATCH_SIZE, arguments, decode, load_runn
 
 def main() -> None:
     args = arguments(__doc__ or "")
-    runner = load_runner()
+    runner = load_runner(args.model)
     consumer = Consumer(
         {
             "bootstrap.servers": args.bootstrap,
@@ -37,7 +37,7 @@ def main() -> None:
             for start in range(0, len(records), MAX_BATCH_SIZE):
                 chunk = records[start : start + MAX_BATCH_SIZE]
                 events = [decode(m.value(), m.topic(), m.partition(), m.offset()) for m in chunk]
-                outputs = runner.predict([event.features for event in events])
+                outputs = runner.predict([event.input for event in events])
                 for message, event, output in zip(chunk, events, outputs, strict=True):
                     source = SourceRef(message.topic(), message.partition(), message.offset())
                     value = result_bytes(runner, event, output, len(chunk), source)

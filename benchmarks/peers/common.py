@@ -23,12 +23,15 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--group", required=True)
+    parser.add_argument("--model", default="breast-cancer", help="breast-cancer (features) or minilm (text)")
     return parser.parse_args()
 
 
-def load_runner() -> ModelRunner:
+def load_runner(name: str = "breast-cancer") -> ModelRunner:
     torch.set_num_threads(1)
-    return ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), "breast-cancer", "latest", torch.device("cpu"), False)
+    runner = ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), name, "latest", torch.device("cpu"), False)
+    runner.warm_up(MAX_BATCH_SIZE)  # as the worker does before it takes traffic
+    return runner
 
 
 def decode(value: bytes, topic: str, partition: int, offset: int) -> PredictionEvent:

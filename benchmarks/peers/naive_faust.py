@@ -12,7 +12,7 @@ from app.events import SourceRef
 from benchmarks.peers.common import arguments, decode, load_runner, result_bytes
 
 args = arguments(__doc__ or "")
-runner = load_runner()
+runner = load_runner(args.model)
 app = faust.App(
     args.group,
     broker=f"kafka://{args.bootstrap}",
@@ -32,7 +32,7 @@ async def predict(stream: faust.StreamT[bytes]) -> None:
         message = event.message
         source = SourceRef(message.topic, message.partition, message.offset)
         parsed = decode(message.value, message.topic, message.partition, message.offset)
-        output = runner.predict([parsed.features])[0]
+        output = runner.predict([parsed.input])[0]
         await output_topic.send(key=message.key, value=result_bytes(runner, parsed, output, 1, source))
 
 

@@ -10,7 +10,7 @@ from app.events import SourceRef
 from benchmarks.peers.common import arguments, decode, load_runner, result_dict
 
 args = arguments(__doc__ or "")
-runner = load_runner()
+runner = load_runner(args.model)
 app = Application(
     broker_address=args.bootstrap,
     consumer_group=args.group,
@@ -25,7 +25,7 @@ output_topic = app.topic(args.output, value_serializer="json", key_serializer="b
 def predict(value: bytes) -> dict[str, Any]:
     context = message_context()
     event = decode(value, context.topic, context.partition, context.offset)
-    output = runner.predict([event.features])[0]
+    output = runner.predict([event.input])[0]
     return result_dict(runner, event, output, SourceRef(context.topic, context.partition, context.offset))
 
 
