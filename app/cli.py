@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     hide_sasl_exchange()
     try:
         return _run(args, settings)
+    except ConfigError as exc:  # found once models or topics are read: routing, partition counts
+        print(f"inference-worker: configuration error: {exc}", file=sys.stderr)
+        return 2
     except ModelLoadError as exc:
         print(f"inference-worker: model error: {exc}", file=sys.stderr)
         return 1
@@ -101,11 +104,18 @@ def _worker(settings: Settings) -> int:
     # The loop stays current: faust's worker runs on it next.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(
+    partitions = loop.run_until_complete(
         ensure_topics(
             settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **client_config(settings)
         )
     )
+    input_partitions = partitions.get(settings.input_topic, settings.topic_partitions)
+    if settings.stats_enabled and input_partitions != settings.topic_partitions:
+        raise ConfigError(
+            f"INPUT_TOPIC {settings.input_topic!r} has {input_partitions} partitions, TOPIC_PARTITIONS is "
+            f"{settings.topic_partitions}: the statistics tables are partitioned like the input, so set "
+            f"TOPIC_PARTITIONS={input_partitions} (or STATS_ENABLED=false)"
+        )
     # torch and faust leave ~1M long-lived objects; without freezing them every full collection
     # walks them all, a pause of tens of milliseconds on the hot path.
     gc.freeze()

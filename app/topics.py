@@ -25,22 +25,29 @@ def worker_topics(settings: Settings) -> tuple[str, ...]:
     )
 
 
-async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int, **config: Any) -> None:
+async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int, **config: Any) -> dict[str, int]:
     """Create each topic that does not exist yet; existing topics are left as they are.
 
-    ``config``: more AIOKafkaAdminClient arguments (``app.security.client_config``)."""
+    Returns each topic's partition count. ``config``: more AIOKafkaAdminClient arguments
+    (``app.security.client_config``)."""
+    names = list(names)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="inference-worker-admin", **config)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, partitions, 1) for name in names if name not in existing]
-        if not missing:
-            return
-        response = await admin.create_topics(missing)
-        for topic, code, *_ in response.topic_errors:
-            # Another replica or tool may have created it meanwhile: that is fine.
-            if code and for_code(code) is not TopicAlreadyExistsError:
-                raise for_code(code)(f"cannot create topic {topic!r}")
-        log.info("created topics %s with %d partitions", [t.name for t in missing], partitions)
+        if missing:
+            await _create(admin, missing, partitions)
+        described = await admin.describe_topics(names)
+        return {topic["topic"]: len(topic["partitions"]) for topic in described}
     finally:
         await admin.close()
+
+
+async def _create(admin: AIOKafkaAdminClient, missing: list[NewTopic], partitions: int) -> None:
+    response = await admin.create_topics(missing)
+    for topic, code, *_ in response.topic_errors:
+        # Another replica or tool may have created it meanwhile: that is fine.
+        if code and for_code(code) is not TopicAlreadyExistsError:
+            raise for_code(code)(f"cannot create topic {topic!r}")
+    log.info("created topics %s with %d partitions", [t.name for t in missing], partitions)
