@@ -72,6 +72,8 @@ class _Work:
     shadow_runners: list[Runner] | None = None
     shadows: list[tuple[Runner, asyncio.Future[Batched[ModelOutput]]]] | None = None
     cache_hit: bool = False
+    cache_key: CacheKey | None = None
+    """Set on a cache miss: where the output goes once computed."""
     error: RecordError | None = None
     output: ModelOutput | None = None
     batch_size: int = 0
@@ -274,9 +276,11 @@ class InferencePipeline:
     def _from_cache(self, work: _Work) -> bool:
         assert self._cache is not None and work.runner is not None and work.event is not None
         model = work.runner.metadata.name
-        cached = self._cache.get(cache_key(work.runner, work.event))
+        key = cache_key(work.runner, work.event)
+        cached = self._cache.get(key)
         if cached is None:
             self._metrics.cache_misses.labels(model).inc()
+            work.cache_key = key
             return False
         self._metrics.cache_hits.labels(model).inc()
         work.outcome = asyncio.get_running_loop().create_future()
@@ -309,13 +313,12 @@ class InferencePipeline:
                 batched = await work.outcome
             except RecordError as exc:
                 work.error = exc
+            if not work.cache_hit:  # a cached result owes its runner nothing
                 self._owed(work.runner)
-            else:
-                if not work.cache_hit:
-                    self._owed(work.runner)
+            if work.error is None:
                 assert work.event is not None and work.runner is not None
-                if self._cache is not None and not work.cache_hit:
-                    self._cache.put(cache_key(work.runner, work.event), batched.value)
+                if self._cache is not None and work.cache_key is not None:
+                    self._cache.put(work.cache_key, batched.value)
                 result = build_result(
                     work.event, batched.value, work.runner.metadata, batched.batch_size, record.source, work.cache_hit
                 )
@@ -475,6 +478,9 @@ def model_input(event: PredictionEvent) -> ModelInput:
     return event.input
 
 
-def cache_key(runner: Runner, event: PredictionEvent) -> tuple[str, tuple[float, ...] | str]:
+CacheKey = tuple[str, tuple[float, ...] | str]
+
+
+def cache_key(runner: Runner, event: PredictionEvent) -> CacheKey:
     """The input itself, not only its hash, so colliding inputs never share a result."""
     return runner.key, tuple(event.features) if event.text is None else event.text

@@ -80,7 +80,7 @@ class ModelRunner:
         self.metadata = metadata
         self.device = device
         self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
-        where = f"model {metadata.name}/{metadata.version}"
+        where = f"model {self.key}"
         if quantization != "none" and (device.type != "cpu" or self.dtype != torch.float32):
             raise ModelLoadError(f"{where}: MODEL_QUANTIZE={quantization} runs on the CPU in float32 only")
         self._module = quantize(module, quantization, where).to(device=device, dtype=self.dtype)

@@ -26,7 +26,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 
 from app.errors import ConfigError
-from app.settings import Settings
+from app.settings import SSL_FILES, Settings
 
 if TYPE_CHECKING:
     import faust
@@ -62,15 +62,8 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
             password=settings.ssl_key_password.get_secret_value() or None,
         )
     except (ssl.SSLError, OSError) as exc:
-        files = ", ".join(
-            f"{env}={path}"
-            for env, path in (
-                ("KAFKA_SSL_CAFILE", settings.ssl_cafile),
-                ("KAFKA_SSL_CERTFILE", settings.ssl_certfile),
-                ("KAFKA_SSL_KEYFILE", settings.ssl_keyfile),
-            )
-            if path is not None
-        )
+        given = [(env, getattr(settings, field)) for env, field in SSL_FILES]
+        files = ", ".join(f"{env}={path}" for env, path in given if path is not None)
         raise ConfigError(f"cannot load the TLS files ({files or 'system CAs'}): {exc}") from None
     context.check_hostname = settings.ssl_check_hostname
     return context

@@ -51,6 +51,10 @@ def _positive(value: float) -> bool:
     return value > 0
 
 
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
 class Secret:
     """A value that is never shown: repr and str print a mask, so settings can be logged whole."""
 
@@ -231,7 +235,7 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         "10",
         "how often to look for new model versions and routing changes (0: only on POST /models/reload)",
-        lambda v: v >= 0,
+        _non_negative,
         "must be >= 0",
     ),
     Setting(
@@ -247,7 +251,7 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         "0",
         "results kept per worker in an LRU cache keyed by (model, version, input); 0 turns it off",
-        lambda v: v >= 0,
+        _non_negative,
         "must be >= 0",
     ),
     Setting(
@@ -300,7 +304,7 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         "0",
         "CPU threads for torch; 0 keeps torch's default",
-        lambda v: v >= 0,
+        _non_negative,
         "must be >= 0",
     ),
     Setting(
@@ -318,7 +322,7 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         "10",
         "longest a batch waits to fill, from its first record's arrival",
-        lambda v: v >= 0,
+        _non_negative,
         "must be >= 0",
     ),
     Setting(
@@ -327,7 +331,7 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         "1",
         "retries of a failed batch forward before isolating the failing records",
-        lambda v: v >= 0,
+        _non_negative,
         "must be >= 0",
     ),
     Setting(
@@ -373,7 +377,7 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         "100",
         "exactly_once only: how long a transaction collects outputs of one input partition before it commits",
-        lambda v: v >= 0,
+        _non_negative,
         "must be >= 0",
     ),
     Setting("stats_enabled", "STATS_ENABLED", _bool, "true", "run the windowed statistics agents in this worker"),
@@ -393,7 +397,7 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         "10",
         "how late (event time) a prediction may arrive and still count in its window",
-        lambda v: v >= 0,
+        _non_negative,
         "must be >= 0",
     ),
     Setting(

@@ -30,6 +30,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, cast
 
@@ -96,7 +97,7 @@ class StatsAgents:
         self._to_fold: list[tuple[list[Observation], asyncio.Future[None]]] = []
         self._folding_wanted = asyncio.Event()
         self._folder: asyncio.Future[None] | None = None
-        self._source_topics = (settings.input_topic,)
+        self._source_topic = settings.input_topic
         self._watermarks: dict[str, float] = {}  # merge stage: latest watermark per source
         partitions = settings.topic_partitions
         self.partials = app.Table("stats-partials", partitions=partitions, key_type=bytes)
@@ -116,9 +117,9 @@ class StatsAgents:
 
     def submitted(self, partitions: Iterable[int]) -> None:
         """Records of these input partitions entered the pipeline: their partition is not caught up."""
-        for partition in partitions:
-            source = source_name(self.settings.input_topic, partition)
-            self._pending[source] = self._pending.get(source, 0) + 1
+        for partition, count in Counter(partitions).items():
+            source = source_name(self._source_topic, partition)
+            self._pending[source] = self._pending.get(source, 0) + count
 
     def record(self, observations: list[Observation]) -> asyncio.Future[None]:
         """Queue observations; the future resolves once the changelog has them, so their inputs may be acked.
@@ -203,7 +204,7 @@ class StatsAgents:
         consumer = cast(BatchingConsumer, self.app.consumer)
         now_ms = time.time() * 1000.0
         for tp in sorted(consumer.assignment()):
-            if tp.topic not in self._source_topics:
+            if tp.topic != self._source_topic:
                 continue
             source = source_name(tp.topic, tp.partition)
             caught_up = self._pending.get(source, 0) == 0 and consumer.caught_up(tp)
@@ -264,11 +265,9 @@ class StatsAgents:
         self.windows[key] = window
 
     def _all_sources(self) -> list[str]:
-        return [
-            source_name(topic, partition)
-            for topic in self._source_topics
-            for partition in range(self.app.consumer.topic_partitions(topic) or self.settings.topic_partitions)
-        ]
+        topic = self._source_topic
+        partitions = self.app.consumer.topic_partitions(topic) or self.settings.topic_partitions
+        return [source_name(topic, partition) for partition in range(partitions)]
 
     async def _close_due(self, feed_partition: int) -> None:
         sources = self._all_sources()

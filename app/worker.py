@@ -29,6 +29,7 @@ from app.producer import OutputProducer
 from app.security import broker_credentials, client_config
 from app.settings import Settings
 from app.stats import StatsAgents
+from app.topics import worker_topics
 from app.transactions import TransactionalPublisher
 from app.transport import BatchingConsumer, InputBatch, WorkerApp
 
@@ -102,7 +103,8 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None, metrics:
     input_topic = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
     sink_topics = [
         app.topic(name, key_serializer="raw", value_serializer="raw")
-        for name in (settings.output_topic, settings.dead_letter_topic, settings.stats_topic, settings.shadow_topic)
+        for name in worker_topics(settings)
+        if name != settings.input_topic
     ]
 
     async def send(record: OutboundRecord) -> Awaitable[Any]:
