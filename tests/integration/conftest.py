@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from app.topics import ensure_topics
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -125,6 +127,20 @@ class Names:
     def shadow_topic(self) -> str:
         return f"it-{self.run}-predictions.shadow"
 
+    @property
+    def stats_topic(self) -> str:
+        return f"it-{self.run}-stats"
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic a worker of this test reads or writes (besides faust's internal ones)."""
+        return (self.input_topic, self.output_topic, self.dead_letter_topic, self.stats_topic, self.shadow_topic)
+
+
+def create_topics(bootstrap_servers: str, names: Names, partitions: int = 4) -> None:
+    """Create the test's topics before anything produces to them or reads them."""
+    asyncio.run(ensure_topics(bootstrap_servers, names.topics, partitions))
+
 
 @pytest.fixture
 def names() -> Names:
@@ -162,6 +178,7 @@ def worker_env(bootstrap_servers: str, names: Names, tmp_path: Path, **extra: st
         "OUTPUT_TOPIC": names.output_topic,
         "DEAD_LETTER_TOPIC": names.dead_letter_topic,
         "SHADOW_TOPIC": names.shadow_topic,
+        "STATS_TOPIC": names.stats_topic,
         "WORKER_DATA_DIR": str(tmp_path / "worker-data"),
         "LOG_LEVEL": "info",
         **extra,

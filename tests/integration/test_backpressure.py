@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from app.topics import ensure_topics
-from tests.integration.conftest import Names, running_worker, worker_env
+from tests.integration.conftest import Names, create_topics, running_worker, worker_env
 from tests.integration.streams import (
     PARTITIONS,
     committed_offsets,
@@ -52,8 +51,7 @@ def slow_model() -> nn.Module:
 @pytest.mark.timeout(180)
 def test_a_slow_model_pauses_consumption_instead_of_growing_memory(bootstrap_servers: str, tmp_path: Path) -> None:
     names = Names(uuid.uuid4().hex[:10])
-    topics = (names.input_topic, names.output_topic, names.dead_letter_topic)
-    asyncio.run(ensure_topics(bootstrap_servers, topics, partitions=PARTITIONS))
+    create_topics(bootstrap_servers, names, PARTITIONS)
     write_model(tmp_path / "models", "slow", slow_model())
     backlog_bytes = BACKLOG * len(event_value(0, PADDING))
     env = worker_env(
@@ -93,7 +91,7 @@ def test_a_slow_model_pauses_consumption_instead_of_growing_memory(bootstrap_ser
             predicted = gauge(worker, PREDICTED) - WARM_UP
             committed = asyncio.run(committed_offsets(bootstrap_servers, names.app_id, names.input_topic))
     finally:
-        asyncio.run(delete_topics(bootstrap_servers, topics))  # 164 MiB that no other test needs
+        asyncio.run(delete_topics(bootstrap_servers, names.topics))  # 164 MiB that no other test needs
 
     lag = WARM_UP + BACKLOG - sum(max(offset, 0) for offset in committed.values())
     peak = max(rss for _, rss, _ in samples)

@@ -14,8 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from app.topics import ensure_topics
-from tests.integration.conftest import ROOT, Names, running_worker, worker_env
+from tests.integration.conftest import ROOT, Names, create_topics, running_worker, worker_env
 
 EVENTS = 12000
 
@@ -37,15 +36,8 @@ async def read_event_ids(bootstrap: str, topic: str) -> Counter[str]:
 @pytest.mark.timeout(400)
 def test_a_broker_restart_mid_stream_loses_nothing(bootstrap_servers: str, tmp_path: Path) -> None:
     names = Names(uuid.uuid4().hex[:10])
-    stats_topic = f"it-{names.run}-stats"
-    asyncio.run(
-        ensure_topics(
-            bootstrap_servers,
-            (names.input_topic, names.output_topic, names.dead_letter_topic, stats_topic),
-            partitions=4,
-        )
-    )
-    env = worker_env(bootstrap_servers, names, tmp_path, STATS_TOPIC=stats_topic)
+    create_topics(bootstrap_servers, names)
+    env = worker_env(bootstrap_servers, names, tmp_path)
     kafka_sh = str(ROOT / "kafka" / "kafka.sh")
     with running_worker(env, tmp_path / "worker.log") as worker:
         producer = subprocess.Popen(

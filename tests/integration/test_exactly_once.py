@@ -19,8 +19,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.topics import ensure_topics
-from tests.integration.conftest import Names, running_worker, worker_env
+from tests.integration.conftest import Names, create_topics, running_worker, worker_env
 
 EVENTS = 12000
 RATE = 1500.0  # events/s: the stream lasts 8 s
@@ -112,12 +111,9 @@ def test_sigkill_mid_stream_leaves_exactly_one_committed_output_per_input(
     bootstrap_servers: str, tmp_path: Path
 ) -> None:
     names = Names(uuid.uuid4().hex[:10])
-    stats_topic = f"it-{names.run}-stats"
-    topics = (names.input_topic, names.output_topic, names.dead_letter_topic, stats_topic)
-    asyncio.run(ensure_topics(bootstrap_servers, topics, partitions=PARTITIONS))
+    create_topics(bootstrap_servers, names, PARTITIONS)
     settings = {
         "PROCESSING_GUARANTEE": "exactly_once",
-        "STATS_TOPIC": stats_topic,
         "KAFKA_SESSION_TIMEOUT_S": "6",
     }
 

@@ -22,8 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from app.topics import ensure_topics
-from tests.integration.conftest import Names, WorkerProcess, running_worker, worker_env
+from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
 from tests.integration.streams import (
     PARTITIONS,
     Output,
@@ -46,11 +45,8 @@ SESSION_TIMEOUT_S = "6"  # a killed worker's partitions move after this
 
 def setup(bootstrap: str) -> tuple[Names, dict[str, str]]:
     names = Names(uuid.uuid4().hex[:10])
-    stats_topic = f"it-{names.run}-stats"
-    topics = (names.input_topic, names.output_topic, names.dead_letter_topic, stats_topic)
-    asyncio.run(ensure_topics(bootstrap, topics, partitions=PARTITIONS))
+    create_topics(bootstrap, names, PARTITIONS)
     settings = {
-        "STATS_TOPIC": stats_topic,
         "KAFKA_SESSION_TIMEOUT_S": SESSION_TIMEOUT_S,
         "MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
     }

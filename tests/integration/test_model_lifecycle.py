@@ -22,8 +22,7 @@ from app.registry import ModelRegistry
 from app.routing import Route, pick_version
 from app.runner import ModelRunner
 from app.settings import REPO_ROOT
-from app.topics import ensure_topics
-from tests.integration.conftest import Names, WorkerProcess, running_worker, worker_env
+from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
 
 MODELS = REPO_ROOT / "models"
 
@@ -91,8 +90,7 @@ async def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float =
 
 
 def worker(bootstrap: str, names: Names, tmp_path: Path, **extra: str) -> Any:
-    topics = (names.input_topic, names.output_topic, names.dead_letter_topic, names.shadow_topic)
-    asyncio.run(ensure_topics(bootstrap, topics, partitions=4))
+    create_topics(bootstrap, names)
     env = worker_env(bootstrap, names, tmp_path, STATS_ENABLED="false", **extra)
     return running_worker(env, tmp_path / "worker.log")
 

@@ -21,8 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.topics import ensure_topics
-from tests.integration.conftest import Names, WorkerProcess, running_worker, worker_env
+from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
 
 USERS = 20
 EVENTS_PER_USER = 25
@@ -172,8 +171,7 @@ def run(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
     names = Names(uuid.uuid4().hex[:10])
     tmp = tmp_path_factory.mktemp("pipeline")
-    topics = (names.input_topic, names.output_topic, names.dead_letter_topic)
-    asyncio.run(ensure_topics(bootstrap_servers, topics, partitions=4))
+    create_topics(bootstrap_servers, names)
     env = worker_env(bootstrap_servers, names, tmp, MAX_RECORD_BYTES=str(MAX_RECORD_BYTES), MAX_WAIT_MS="20")
     with running_worker(env, tmp / "worker.log") as worker:
         result = Run(names, worker)

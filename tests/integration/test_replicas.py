@@ -13,8 +13,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from app.topics import ensure_topics
-from tests.integration.conftest import Names, running_worker, worker_env
+from tests.integration.conftest import Names, create_topics, running_worker, worker_env
 from tests.integration.streams import event_value, produce
 
 EVENTS = 20000
@@ -41,9 +40,8 @@ async def predicted_ids(bootstrap: str, topic: str, timeout_s: float) -> Counter
 
 def test_a_replica_joining_and_one_leaving_mid_stream_loses_nothing(bootstrap_servers: str, tmp_path: Path) -> None:
     names = Names(uuid.uuid4().hex[:10])
-    topics = (names.input_topic, names.output_topic, names.dead_letter_topic, f"it-{names.run}-stats")
-    asyncio.run(ensure_topics(bootstrap_servers, topics, partitions=4))
-    settings = {"STATS_TOPIC": f"it-{names.run}-stats", "KAFKA_SESSION_TIMEOUT_S": "10"}
+    create_topics(bootstrap_servers, names)
+    settings = {"KAFKA_SESSION_TIMEOUT_S": "10"}
 
     async def scenario() -> None:
         streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, event_value, EVENTS, RATE))

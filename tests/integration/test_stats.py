@@ -21,8 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from jsonschema import Draft202012Validator
 
 from app.events import parse_timestamp_ms
-from app.topics import ensure_topics
-from tests.integration.conftest import Names, running_worker, worker_env
+from tests.integration.conftest import Names, create_topics, running_worker, worker_env
 
 WINDOW_S = 10
 LATENESS_S = 2
@@ -80,13 +79,11 @@ def test_a_window_survives_a_killed_worker_and_closes_exactly_once(
     bootstrap_servers: str, tmp_path: Path, window_stats_schema: Draft202012Validator
 ) -> None:
     names = Names(uuid.uuid4().hex[:10])
-    stats_topic = f"it-{names.run}-stats"
-    topics = (names.input_topic, names.output_topic, names.dead_letter_topic, stats_topic)
-    asyncio.run(ensure_topics(bootstrap_servers, topics, partitions=4))
+    stats_topic = names.stats_topic
+    create_topics(bootstrap_servers, names)
     window_start = (int(time.time() * 1000) // (WINDOW_S * 1000) - 6) * WINDOW_S * 1000  # a past window
     in_window = [window_start + 100 + i * 20 for i in range(300)]
     settings = {
-        "STATS_TOPIC": stats_topic,
         "STATS_WINDOW_S": str(WINDOW_S),
         "STATS_LATENESS_S": str(LATENESS_S),
         # Sources without records follow the wall clock once caught up; the one with records must not

@@ -18,8 +18,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from app.topics import ensure_topics
-from tests.integration.conftest import Names, running_worker, worker_env
+from tests.integration.conftest import Names, create_topics, running_worker, worker_env
 from tests.integration.streams import FEATURES, Output, produce, read_outputs
 
 pytest.importorskip("sentence_transformers", reason="the text extra is not installed")
@@ -65,8 +64,7 @@ class Run:
 def run(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     names = Names(uuid.uuid4().hex[:10])
     tmp = tmp_path_factory.mktemp("text")
-    topics = (names.input_topic, names.output_topic, names.dead_letter_topic)
-    asyncio.run(ensure_topics(bootstrap_servers, topics, partitions=4))
+    create_topics(bootstrap_servers, names)
     count = TABULAR + TEXTS + MISMATCHED
     events = [event(index) for index in range(count)]
     expected = {document["event_id"]: kind for kind, document in events}
