@@ -24,59 +24,90 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 
 @dataclass(frozen=True, slots=True)
 class InputBatch:
-    """The records of one topic from one fetch, stamped with the consumer generation they belong to."""
+    """The records of one topic from one fetch."""
 
-    generation_id: int
     messages: list[Any]
 
 
 BatchRoute = Callable[[InputBatch], Awaitable[Any]]
 
 
+class BatchChannel(faust.Channel):  # type: ignore[type-arg]  # faust.Channel is generic only in its stubs
+    """An agent channel that faust never empties by itself.
+
+    faust clears its agents' channels when a rebalance starts and again whenever flow resumes,
+    which it does just after seeking to the committed offsets. A batch routed in that moment
+    vanished with its read offsets already past it: up to 255 records per partition were never
+    predicted in a replica test. Which queued batches are obsolete, BatchingConsumer decides.
+    """
+
+    @property
+    def queue(self) -> Any:
+        if self._queue is None:
+            maxsize = self.maxsize if self.maxsize is not None else self.app.conf.stream_buffer_maxsize
+            self._queue = self.app.FlowControlQueue(maxsize=maxsize, clear_on_resume=False)
+        return self._queue
+
+
 class BatchingConsumer(aiokafka_driver.Consumer):
     """Routed records are tracked like faust's own, so a rebalance or a shutdown waits (in
-    ``wait_empty``) until the batches an agent has taken are acked. Batches still queued for an
-    agent are forgotten there instead: faust clears or skips channel contents while its flow is
-    suspended, and waiting for their acks would hang the rebalance. Their records are not acked,
-    so they are read again from the last commit."""
+    ``wait_empty``) until the batches an agent has taken are acked.
+
+    Around a rebalance, what is routed follows one rule: records routed before the seek to the
+    committed offsets are read again after it, so batches not yet taken by then are obsolete
+    (``taken`` says so), and between an assignment and its seek nothing is routed. Without the
+    second half, records routed while faust awaited the committed offsets were predicted twice
+    (a worker joining predicted its first ~5,000 records twice) or, when the seek's read offsets
+    landed after them, their successors were taken for a gap and committed past them.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queued: dict[int, InputBatch] = {}
         self._last_routed: dict[Any, int] = {}  # tp -> offset of the last routed record
-        self._reread: set[Any] = set()  # tps with records dropped since the last seek: read again from the commit
+        self._seek_pending = False  # assigned, not yet seeked to the committed offsets
 
-    def taken(self, batch: InputBatch) -> None:
-        """An agent calls this for each batch it receives: from now on it will ack its records."""
-        self._queued.pop(id(batch), None)
+    def taken(self, batch: InputBatch) -> bool:
+        """An agent calls this for each batch it receives. True: process it and ack its records.
+        False: it was routed before a seek and its records will be read again."""
+        return self._queued.pop(id(batch), None) is not None
+
+    def on_assignment(self) -> None:
+        """A rebalance assigned partitions: route nothing until ``perform_seek``."""
+        self._seek_pending = True
+        self._discard_queued()
 
     async def wait_empty(self) -> None:
-        for batch in self._queued.values():
-            self.forget(batch.messages)
-        self._queued.clear()
+        self._discard_queued()
         await super().wait_empty()
 
     async def perform_seek(self) -> None:
-        """Seek to the committed offsets without re-reading what was routed meanwhile.
+        """Seek to the committed offsets with the routed topics' partitions paused meanwhile.
 
-        faust resumes the partitions, awaits the committed offsets, then overwrites the read
-        offsets with them. Records routed during that await (the fetcher is already running)
-        were fetched again after the seek and predicted twice: a worker joining after a graceful
-        stop predicted its first ~5,000 records twice in one of three runs. Partitions with records
-        dropped since the last seek (batches of a previous generation, forgotten by ``wait_empty``
-        or the agent) are left to faust: those records lie between the commit and the
-        last routed offset and must be read again. Advancing past them lost them for good, and
-        the gap let commits pass them (seen: 31 events never predicted in a replica test).
+        faust seeks while fetching (it resumes the partitions first): records fetched from
+        the new positions before it resets the read offsets must not be delivered, or the
+        reset makes their successors look like a gap.
         """
-        routed_before = dict(self._last_routed)
-        await super().perform_seek()
-        for tp, offset in self._last_routed.items():
-            if routed_before.get(tp) != offset and tp not in self._reread:
-                self._read_offset[tp] = max(self._read_offset.get(tp) or 0, offset + 1)
-        self._reread.clear()
+        routes = self._routes()
+        paused = {tp for tp in self._get_active_partitions() if tp.topic in routes}
+        self.pause_partitions(paused)
+        try:
+            await super().perform_seek()
+        finally:
+            self._seek_pending = False
+            self.resume_partitions(paused)
+
+    def _discard_queued(self) -> None:
+        for batch in self._queued.values():
+            for message in batch.messages:
+                self._unacked_messages.discard(message)  # do not wait for acks that will not come
+        self._queued.clear()
+
+    def _routes(self) -> dict[str, BatchRoute]:
+        return getattr(self.app, "batch_routes", {})
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised via integration tests
-        routes: dict[str, BatchRoute] = getattr(self.app, "batch_routes", {})
+        routes = self._routes()
         callback = self.callback
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
@@ -90,26 +121,24 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 if self.should_stop:
                     break
                 async for tp, message in self.getmany(timeout=1.0):
+                    routed = tp.topic in routes
+                    if routed and self._seek_pending:
+                        continue  # fetched before the seek to the committed offsets, read again after it
                     offset = message.offset
                     read_offset = get_read_offset(tp)
                     if read_offset is not None and offset < read_offset:
                         continue  # already delivered before a seek
                     if read_offset and offset - read_offset > 1 and acks_enabled_for(message.topic):
                         await self._add_gap(tp, read_offset + 1, offset)
-                    if tp.topic in routes:
+                    if routed:
                         self.track_message(message)
                         batches[tp.topic].append(message)
                         self._last_routed[tp] = offset
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
-                # The generation as the batch leaves, not as the wait for records began: records
-                # that arrive after a rebalance were fetched from its committed offsets and are
-                # current. Marked stale, they were dropped while the fetch position had moved past
-                # them, so nothing read them again (seen: ~300 events lost in a replica test).
-                generation_id = self.app.consumer_generation_id
                 for topic, messages in batches.items():
-                    batch = InputBatch(generation_id, messages)
+                    batch = InputBatch(messages)
                     self._queued[id(batch)] = batch
                     await routes[topic](batch)
         except self.consumer_stopped_errors:
@@ -153,12 +182,6 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         tp_state = None if state is None else state.assignment.state_value(tp)
         return tp_state.position if tp_state is not None and tp_state.has_valid_position else -1
 
-    def forget(self, messages: list[Any]) -> None:
-        """Stop waiting for acks of messages that will not be processed (a stale generation)."""
-        for message in messages:
-            self._unacked_messages.discard(message)
-            self._reread.add(message.tp)
-
 
 class BatchingConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
@@ -188,6 +211,7 @@ class WorkerApp(faust.App):
 
     async def _on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
         if not self.should_stop:
+            cast(BatchingConsumer, self.consumer).on_assignment()
             try:
                 for hook in self.on_assigning:
                     await hook(assigned)
@@ -199,20 +223,11 @@ class WorkerApp(faust.App):
     def _new_transport(self) -> BatchingTransport:
         return BatchingTransport(self.conf.broker_consumer, self)
 
-    def route_batches(
-        self,
-        topic: faust.TopicT,
-        channel: faust.ChannelT[Any],
-        on_fetched: Callable[[InputBatch], None] | None = None,
-    ) -> None:
-        """Subscribe to ``topic`` and deliver its records to ``channel`` as InputBatch values."""
-        put = cast(BatchRoute, channel.put)
-
-        async def route(batch: InputBatch) -> None:
-            if on_fetched is not None:
-                on_fetched(batch)
-            await put(batch)
-
+    def route_batches(self, topic: faust.TopicT, maxsize: int) -> BatchChannel:
+        """Subscribe to ``topic``; its records arrive, as InputBatch values, on the channel returned
+        (for one agent), at most ``maxsize`` batches waiting there."""
+        channel = BatchChannel(self, maxsize=maxsize)
         self.topics.add(topic)
         for name in topic.topics:
-            self.batch_routes[name] = route
+            self.batch_routes[name] = cast(BatchRoute, channel.put)
+        return channel

@@ -122,8 +122,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None, metrics:
 
     transactions = exactly_once(app, settings, crash) if settings.exactly_once else None
     stats = StatsAgents(app, settings, send, metrics) if settings.stats_enabled else None
-    input_batches = app.channel(maxsize=INPUT_BATCHES_BUFFERED)
-    app.route_batches(input_topic, input_batches)
+    input_batches = app.route_batches(input_topic, maxsize=INPUT_BATCHES_BUFFERED)
 
     @app.agent(input_batches, name="predict")
     async def predict(stream: faust.StreamT[InputBatch]) -> None:
@@ -138,11 +137,8 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None, metrics:
         ack = consumer.ack
         try:
             async for batch in stream:
-                consumer.taken(batch)
-                if batch.generation_id != app.consumer_generation_id:
-                    # Fetched before a rebalance: never acked, so their new owner reads them again.
-                    consumer.forget(batch.messages)
-                    continue
+                if not consumer.taken(batch):
+                    continue  # routed before a rebalance's seek, which reads its records again
                 if stats is not None:
                     stats.submitted(m.partition for m in batch.messages)
                 await pipeline.submit_many([(inbound_record(m), partial(ack, m)) for m in batch.messages])

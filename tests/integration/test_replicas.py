@@ -1,5 +1,5 @@
-"""Replicas sharing the input through rebalances: a second worker joins mid-stream, the first
-leaves (SIGTERM) mid-stream, and every event still gets a prediction."""
+"""Replicas sharing the input through rebalances: workers join and leave (SIGTERM) while events
+flow, and every event still gets a prediction."""
 
 from __future__ import annotations
 
@@ -13,55 +13,102 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from tests.integration.conftest import Names, create_topics, running_worker, worker_env
-from tests.integration.streams import event_value, produce
+from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
+from tests.integration.streams import committed_offsets, event_value, produce
 
-EVENTS = 20000
-RATE = 1000.0  # events/s: the stream lasts ~20 s, long enough for a join and a leave inside it
+RATE = 1000.0  # events/s
+SETTINGS = {"KAFKA_SESSION_TIMEOUT_S": "10"}
 
 
-async def predicted_ids(bootstrap: str, topic: str, timeout_s: float) -> Counter[str]:
+async def read_topic(bootstrap: str, topic: str, until: int, timeout_s: float) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) of the topic's records: until ``until`` are read and 3 s pass quietly."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
-    seen: Counter[str] = Counter()
+    records: list[tuple[int, int, bytes]] = []
     try:
         deadline = time.monotonic() + timeout_s
         quiet_since = time.monotonic()
-        while time.monotonic() < deadline and (len(seen) < EVENTS or time.monotonic() - quiet_since < 3):
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    seen[orjson.loads(record.value)["event_id"]] += 1
-                    quiet_since = time.monotonic()
+        while time.monotonic() < deadline and (len(records) < until or time.monotonic() - quiet_since < 3):
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records += [(record.partition, record.offset, record.value) for record in batch]
+                quiet_since = time.monotonic()
     finally:
         await consumer.stop()
-    return seen
+    return records
+
+
+def event_id(value: bytes) -> str:
+    event_id: str = orjson.loads(value)["event_id"]
+    return event_id
+
+
+async def assert_each_predicted(bootstrap: str, names: Names, events: int) -> int:
+    """Fail, naming where the missing events lie and what the group committed, unless every event
+    has a prediction. Returns the number of duplicates."""
+    seen = Counter(event_id(value) for _, _, value in await read_topic(bootstrap, names.output_topic, events, 120))
+    missing = {f"e-{i}" for i in range(events)} - set(seen)
+    if missing:
+        where: dict[int, list[int]] = {}
+        for partition, offset, value in await read_topic(bootstrap, names.input_topic, events, 30):
+            if event_id(value) in missing:
+                where.setdefault(partition, []).append(offset)
+        ranges = {p: f"{len(o)} in {min(o)}..{max(o)}" for p, o in sorted(where.items())}
+        committed = await committed_offsets(bootstrap, names.app_id, names.input_topic)
+        raise AssertionError(f"{len(missing)} events without a prediction ({ranges}; committed: {committed})")
+    return sum(count - 1 for count in seen.values())
+
+
+async def start_worker(
+    stack: contextlib.ExitStack, bootstrap: str, names: Names, tmp: Path, name: str
+) -> WorkerProcess:
+    worker = running_worker(worker_env(bootstrap, names, tmp / name, **SETTINGS), tmp / f"{name}.log")
+    return await asyncio.to_thread(stack.enter_context, worker)
+
+
+async def stop_worker(worker: WorkerProcess) -> None:
+    worker.process.terminate()
+    assert await asyncio.to_thread(worker.process.wait, 60) == 0
 
 
 def test_a_replica_joining_and_one_leaving_mid_stream_loses_nothing(bootstrap_servers: str, tmp_path: Path) -> None:
     names = Names(uuid.uuid4().hex[:10])
     create_topics(bootstrap_servers, names)
-    settings = {"KAFKA_SESSION_TIMEOUT_S": "10"}
+    events = 20000  # ~20 s at RATE: long enough for a join and a leave inside it
 
     async def scenario() -> None:
-        streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, event_value, EVENTS, RATE))
-        await asyncio.sleep(1.0)
         with contextlib.ExitStack() as stack:
-            second = running_worker(
-                worker_env(bootstrap_servers, names, tmp_path / "b", **settings), tmp_path / "b.log"
-            )
-            b = await asyncio.to_thread(stack.enter_context, second)  # joins while events flow
-            first.process.terminate()  # and the first leaves gracefully while they still flow
-            assert await asyncio.to_thread(first.process.wait, 60) == 0
+            first = await start_worker(stack, bootstrap_servers, names, tmp_path, "a")
+            streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, event_value, events, RATE))
+            await asyncio.sleep(1.0)
+            second = await start_worker(stack, bootstrap_servers, names, tmp_path, "b")  # joins while events flow
+            await stop_worker(first)  # and the first leaves gracefully while they still flow
             await streaming
-            seen.update(await predicted_ids(bootstrap_servers, names.output_topic, timeout_s=120))
-            assert b.process.poll() is None
+            duplicates = await assert_each_predicted(bootstrap_servers, names, events)
+            assert second.process.poll() is None
+            print(f"replicas: {events} events, {duplicates} duplicates after a join and a graceful leave")
 
-    seen: Counter[str] = Counter()
-    with running_worker(worker_env(bootstrap_servers, names, tmp_path / "a", **settings), tmp_path / "a.log") as first:
-        asyncio.run(scenario())
+    asyncio.run(scenario())
 
-    missing = {f"e-{i}" for i in range(EVENTS)} - set(seen)
-    assert not missing, f"{len(missing)} events without a prediction, e.g. {sorted(missing)[:5]}"
-    duplicates = sum(count - 1 for count in seen.values())
-    print(f"replicas: {EVENTS} events, {duplicates} duplicates after a join and a graceful leave")
+
+def test_replicas_churning_mid_stream_lose_nothing(bootstrap_servers: str, tmp_path: Path) -> None:
+    """Three workers join one by one and two leave while events flow: eight rebalances in all."""
+    names = Names(uuid.uuid4().hex[:10])
+    create_topics(bootstrap_servers, names)
+    events = 30000
+
+    async def scenario() -> None:
+        with contextlib.ExitStack() as stack:
+            a = await start_worker(stack, bootstrap_servers, names, tmp_path, "a")
+            streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, event_value, events, RATE))
+            b = await start_worker(stack, bootstrap_servers, names, tmp_path, "b")
+            c = await start_worker(stack, bootstrap_servers, names, tmp_path, "c")
+            await stop_worker(a)
+            d = await start_worker(stack, bootstrap_servers, names, tmp_path, "d")
+            await stop_worker(b)
+            assert not streaming.done(), "the churn outlasted the stream: raise the event count"
+            await streaming
+            duplicates = await assert_each_predicted(bootstrap_servers, names, events)
+            assert c.process.poll() is None and d.process.poll() is None
+            print(f"replicas churning: {events} events, {duplicates} duplicates after 3 joins and 2 leaves")
+
+    asyncio.run(scenario())
