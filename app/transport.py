@@ -4,8 +4,8 @@ faust routes every record through its conductor, a channel queue and the Stream 
 a task or two per record: at small models that machinery, not the model, sets the pace. For
 topics registered in ``app.batch_routes``, ``BatchingConsumer`` keeps faust's fetching (flow
 control, rebalances, highwater tracking, gap and commit bookkeeping) but collects the records
-of one fetch into a list and awaits the route once, typically ``Channel.put`` of an agent's
-channel, so the agent receives whole batches. The agent acks each record with
+of one fetch into a list and puts it, once, on the topic's ``BatchChannel`` (see
+``WorkerApp.route_batches``), so the agent receives whole batches. The agent acks each record with
 ``consumer.ack(message)`` when its output is delivered; faust commits contiguous acked offsets
 as usual. Records of other topics take faust's normal per-record path.
 """
