@@ -5,53 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
-import orjson
-from aiokafka import AIOKafkaConsumer
-
 from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
-from tests.integration.streams import committed_offsets, event_value, produce
+from tests.integration.streams import Output, committed_offsets, event_value, produce, read_outputs
 
 RATE = 1000.0  # events/s
 SETTINGS = {"KAFKA_SESSION_TIMEOUT_S": "10"}
 
 
-async def read_topic(bootstrap: str, topic: str, until: int, timeout_s: float) -> list[tuple[int, int, bytes]]:
-    """(partition, offset, value) of the topic's records: until ``until`` are read and 3 s pass quietly."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    records: list[tuple[int, int, bytes]] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline and (len(records) < until or time.monotonic() - quiet_since < 3):
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records += [(record.partition, record.offset, record.value) for record in batch]
-                quiet_since = time.monotonic()
-    finally:
-        await consumer.stop()
-    return records
-
-
-def event_id(value: bytes) -> str:
-    event_id: str = orjson.loads(value)["event_id"]
-    return event_id
-
-
 async def assert_each_predicted(bootstrap: str, names: Names, events: int) -> int:
     """Fail, naming where the missing events lie and what the group committed, unless every event
     has a prediction. Returns the number of duplicates."""
-    seen = Counter(event_id(value) for _, _, value in await read_topic(bootstrap, names.output_topic, events, 120))
+
+    def all_read(records: list[Output]) -> bool:
+        return len(records) >= events
+
+    seen = Counter(
+        output.result["event_id"] for output in await read_outputs(bootstrap, (names.output_topic,), all_read)
+    )
     missing = {f"e-{i}" for i in range(events)} - set(seen)
     if missing:
         where: dict[int, list[int]] = {}
-        for partition, offset, value in await read_topic(bootstrap, names.input_topic, events, 30):
-            if event_id(value) in missing:
-                where.setdefault(partition, []).append(offset)
+        for event in await read_outputs(bootstrap, (names.input_topic,), all_read, timeout_s=30):
+            if event.result["event_id"] in missing:
+                where.setdefault(event.partition, []).append(event.offset)
         ranges = {p: f"{len(o)} in {min(o)}..{max(o)}" for p, o in sorted(where.items())}
         committed = await committed_offsets(bootstrap, names.app_id, names.input_topic)
         raise AssertionError(f"{len(missing)} events without a prediction ({ranges}; committed: {committed})")
