@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+METADATA_WAIT_S = 10.0  # how long topics just created may take to show in the brokers' metadata
 
 
 def worker_topics(settings: Settings) -> tuple[str, ...]:
@@ -38,8 +42,7 @@ async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions
         missing = [NewTopic(name, partitions, 1) for name in names if name not in existing]
         if missing:
             await _create(admin, missing, partitions)
-        described = await admin.describe_topics(names)
-        return {topic["topic"]: len(topic["partitions"]) for topic in described}
+        return await _partition_counts(admin, names)
     finally:
         await admin.close()
 
@@ -51,3 +54,21 @@ async def _create(admin: AIOKafkaAdminClient, missing: list[NewTopic], partition
         if code and for_code(code) is not TopicAlreadyExistsError:
             raise for_code(code)(f"cannot create topic {topic!r}")
     log.info("created topics %s with %d partitions", [t.name for t in missing], partitions)
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Each topic's partition count, once the metadata knows them all.
+
+    A topic created a moment ago can still be unknown to the broker answering (seen: a worker
+    counted 0 input partitions and refused to start)."""
+    deadline = time.monotonic() + METADATA_WAIT_S
+    while True:
+        described = await admin.describe_topics(names)
+        unknown = [topic for topic in described if topic["error_code"] or not topic["partitions"]]
+        if not unknown:
+            return {topic["topic"]: len(topic["partitions"]) for topic in described}
+        if time.monotonic() > deadline:
+            raise UnknownTopicOrPartitionError(
+                f"topics {[t['topic'] for t in unknown]} not in the brokers' metadata after {METADATA_WAIT_S:.0f} s"
+            )
+        await asyncio.sleep(0.1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from app.topics import ensure_topics
@@ -25,3 +26,15 @@ def test_an_input_topic_partitioned_unlike_the_statistics_is_one_clear_line(
         "TOPIC_PARTITIONS is 4: the statistics tables are partitioned like the input, so set "
         "TOPIC_PARTITIONS=2 (or STATS_ENABLED=false)"
     )
+
+
+def test_topics_just_created_are_counted_with_their_partitions(bootstrap_servers: str) -> None:
+    """The counts come from the brokers' metadata, which can lag a creation by a moment: once a
+    worker counted 0 input partitions there and refused to start."""
+
+    async def create_and_count() -> list[dict[str, int]]:
+        runs = [Names(uuid.uuid4().hex[:10]) for _ in range(20)]
+        return [await ensure_topics(bootstrap_servers, names.topics, partitions=3) for names in runs]
+
+    for counts in asyncio.run(create_and_count()):
+        assert set(counts.values()) == {3}, counts
