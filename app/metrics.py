@@ -104,11 +104,16 @@ class Metrics:
         self.stats_windows_closed = Counter(
             "inference_stats_windows_closed_total", "WindowStats records published.", ["model", "version"], registry=r
         )
-        self.stats_late = Counter(
-            "inference_stats_late_observations_total",
-            "Predictions or dead letters that arrived after their window had closed.",
+        self.stats_dropped = Counter(
+            "inference_stats_dropped_observations_total",
+            "Predictions or dead letters left out of the window statistics, by reason: late (they arrived "
+            "after their window was handed over to be published) or duplicate (an input record read again "
+            "after a crash or rebalance, already counted).",
+            ["reason"],
             registry=r,
         )
+        for reason in ("late", "duplicate"):
+            self.stats_dropped.labels(reason)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

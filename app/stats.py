@@ -15,10 +15,14 @@ Statistics are computed in three stages:
    highest event time seen; it follows the wall clock once the partition is caught up and idle
    for STATS_IDLE_GRACE_S), sends every partial whose window end plus the allowed lateness the
    watermark passed to the internal feed topic (keyed by model, version and window), then
-   reports the watermark itself to every feed partition.
+   reports the watermark itself to every feed partition. An observation that arrives after its
+   partial was handed over is late: it is counted in ``inference_stats_dropped_observations_total``.
 3. ``stats-merge`` keeps, per window, the partials of every source in the ``stats-windows``
-   table. When every source partition has reported a watermark past the window's end plus
-   lateness, it publishes exactly one WindowStats record and marks the window closed.
+   table. When every source partition has reported, on the window's own feed partition, a
+   watermark past the window's end plus lateness, it publishes exactly one WindowStats record
+   and marks the window closed. Watermarks count per feed partition: a source's partial and
+   its watermark are ordered only within one partition, and a watermark read from another
+   partition first once closed windows without the partial of the source that sent it.
 
 faust's ``on_window_close`` is not used: it fires from a wall-clock timer and windows restored
 from the changelog after a restart may never fire.
@@ -84,7 +88,8 @@ def source_of(key: bytes) -> str:
 
 
 class StatsAgents:
-    def __init__(self, app: WorkerApp, settings: Settings, send: Send, metrics: Metrics) -> None:
+    def __init__(self, app: WorkerApp, settings: Settings, send: Send, metrics: Metrics, partitions: int) -> None:
+        """``partitions``: the input topic's partition count, which the tables and feed share."""
         self.app = app
         self.settings = settings
         self.metrics = metrics
@@ -98,8 +103,13 @@ class StatsAgents:
         self._folding_wanted = asyncio.Event()
         self._folder: asyncio.Future[None] | None = None
         self._source_topic = settings.input_topic
-        self._watermarks: dict[str, float] = {}  # merge stage: latest watermark per source
-        partitions = settings.topic_partitions
+        self.partitions = partitions
+        # Fold and hand-over both read and write partials across awaits: one at a time, or a fold
+        # could add to a partial being handed over, or a hand-over report a watermark past a
+        # window whose observations a fold has taken in but not yet stored.
+        self._partials_lock = asyncio.Lock()
+        self._handed_over: dict[str, float] = {}  # source -> watermark its due partials were handed over at
+        self._watermarks: dict[int, dict[str, float]] = {}  # merge stage: feed partition -> source -> watermark
         self.partials = app.Table("stats-partials", partitions=partitions, key_type=bytes)
         self.windows = app.Table("stats-windows", partitions=partitions, key_type=bytes)
         self.feed = app.topic(
@@ -153,24 +163,28 @@ class StatsAgents:
                 done.set_result(None)
 
     async def _fold(self, observations: list[Observation]) -> None:
-        now_ms = time.time() * 1000.0
-        touched: dict[bytes, WindowAggregate] = {}
-        for observation in observations:
-            self.clock.observe(observation.source, observation.event_time_ms, now_ms)
-            start = window_start_ms(observation.event_time_ms, self.size_ms)
-            key = partial_key(observation, start)
-            partial = touched.get(key) or self._load(self.partials, key)
-            if partial is None:
-                partial = WindowAggregate(
-                    observation.model_name, observation.model_version, start, start + self.size_ms
-                )
-            if partial.closed:
-                self.metrics.stats_late.inc()
-                continue
-            reference = self.reference(observation.model_name, observation.model_version)
-            if partial.apply(observation, reference.get("bin_edges") if reference else None):
+        async with self._partials_lock:
+            now_ms = time.time() * 1000.0
+            touched: dict[bytes, WindowAggregate] = {}
+            for observation in observations:
+                self.clock.observe(observation.source, observation.event_time_ms, now_ms)
+                start = window_start_ms(observation.event_time_ms, self.size_ms)
+                key = partial_key(observation, start)
+                partial = touched.get(key) or self._load(self.partials, key)
+                if partial is None:
+                    partial = WindowAggregate(
+                        observation.model_name, observation.model_version, start, start + self.size_ms
+                    )
+                if partial.has_applied(observation):
+                    self.metrics.stats_dropped.labels("duplicate").inc()
+                    continue
+                if partial.closed or partial.end_ms + self.lateness_ms <= self._handed_over.get(observation.source, -1):
+                    self.metrics.stats_dropped.labels("late").inc()
+                    continue
+                reference = self.reference(observation.model_name, observation.model_version)
+                partial.apply(observation, reference.get("bin_edges") if reference else None)
                 touched[key] = partial
-        await asyncio.gather(*(self._store_partial(key, partial) for key, partial in touched.items()))
+            await asyncio.gather(*(self._store_partial(key, partial) for key, partial in touched.items()))
 
     async def _store_partial(self, key: bytes, partial: WindowAggregate | None) -> None:
         """Write a partial (None deletes it) and wait until its changelog record is acknowledged.
@@ -207,11 +221,14 @@ class StatsAgents:
             if tp.topic != self._source_topic:
                 continue
             source = source_name(tp.topic, tp.partition)
-            caught_up = self._pending.get(source, 0) == 0 and consumer.caught_up(tp)
-            watermark = self.clock.watermark(source, now_ms, caught_up)
-            if watermark is None:
-                continue
-            await self._hand_over_due(source, watermark)
+            async with self._partials_lock:
+                caught_up = self._pending.get(source, 0) == 0 and consumer.caught_up(tp)
+                watermark = self.clock.watermark(source, now_ms, caught_up)
+                if watermark is None:
+                    continue
+                await self._hand_over_due(source, watermark)
+                self._handed_over[source] = watermark
+            # After its partials: on each feed partition, a source's watermark follows what it handed over.
             report = orjson.dumps({"source": source, "watermark": watermark})
             await asyncio.gather(
                 *(
@@ -221,7 +238,7 @@ class StatsAgents:
                         self.settings.publish_retry_backoff_s,
                         f"watermark of {source}",
                     )
-                    for p in range(self.settings.topic_partitions)
+                    for p in range(self.partitions)
                 )
             )
 
@@ -249,31 +266,48 @@ class StatsAgents:
     async def _merge(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             document = orjson.loads(event.value)
+            feed_partition = event.message.partition
             if "watermark" in document:
-                self._watermarks[document["source"]] = document["watermark"]
-                await self._close_due(event.message.partition)
+                self._watermarks.setdefault(feed_partition, {})[document["source"]] = document["watermark"]
+                await self._close_due(feed_partition)
                 continue
-            self._add_partial(event.key, document["source"], document["partial"], event.message.partition)
+            self._add_partial(event.key, document["source"], document["partial"], feed_partition)
 
     def _add_partial(self, key: bytes, source: str, partial: dict[str, Any], feed_partition: int) -> None:
-        window = self.windows.get(key) or {"parts": {}, "closed": False, "feed_partition": feed_partition}
+        window = self.windows.get(key)
+        arrived = partial["count"] + partial["dead_letters"]
+        if window is None:
+            low_watermark = self._low_watermark(feed_partition)
+            if low_watermark is not None and low_watermark >= partial["end_ms"] + self.lateness_ms:
+                # Its window closed long enough ago to be forgotten here: publishing it again would
+                # report a second, partial window.
+                self.metrics.stats_dropped.labels("late").inc(arrived)
+                return
+            window = {"parts": {}, "closed": False, "feed_partition": feed_partition}
         if window["closed"]:
-            self.metrics.stats_late.inc(partial["count"] + partial["dead_letters"])
+            # A partial sent again (its source handed it over twice, around a crash or a rebalance)
+            # adds only what the published one lacked.
+            published = window["parts"].get(source)
+            counted = 0 if published is None else published["count"] + published["dead_letters"]
+            if arrived > counted:
+                self.metrics.stats_dropped.labels("late").inc(arrived - counted)
             return
         window["parts"][source] = partial  # a re-sent partial replaces itself: idempotent
         window.setdefault("end_ms", partial["end_ms"])
         self.windows[key] = window
 
-    def _all_sources(self) -> list[str]:
-        topic = self._source_topic
-        partitions = self.app.consumer.topic_partitions(topic) or self.settings.topic_partitions
-        return [source_name(topic, partition) for partition in range(partitions)]
+    def _low_watermark(self, feed_partition: int) -> float | None:
+        """The lowest watermark of all source partitions as reported on this feed partition, once all have."""
+        reported = self._watermarks.get(feed_partition, {})
+        sources = [source_name(self._source_topic, partition) for partition in range(self.partitions)]
+        if any(source not in reported for source in sources):
+            return None
+        return min(reported[source] for source in sources)
 
     async def _close_due(self, feed_partition: int) -> None:
-        sources = self._all_sources()
-        if any(source not in self._watermarks for source in sources):
+        low_watermark = self._low_watermark(feed_partition)
+        if low_watermark is None:
             return
-        low_watermark = min(self._watermarks[source] for source in sources)
         for key, window in list(self.windows.items()):
             if window is None or window["feed_partition"] != feed_partition:
                 continue

@@ -77,9 +77,15 @@ class WindowAggregate:
     applied: dict[str, int] = field(default_factory=dict)
     closed: bool = False
 
+    def has_applied(self, observation: Observation) -> bool:
+        """Whether this observation's input record (or a later one of its source) is already counted.
+
+        A source's records are applied in offset order, so a lower offset is a record read again."""
+        return self.applied.get(observation.source, -1) >= observation.offset
+
     def apply(self, observation: Observation, bin_edges: list[float] | None) -> bool:
         """Add one observation; False (and no change) when it was already applied."""
-        if self.applied.get(observation.source, -1) >= observation.offset:
+        if self.has_applied(observation):
             return False
         self.applied[observation.source] = observation.offset
         if observation.dead_letter:
@@ -179,7 +185,10 @@ def window_stats(
     total = aggregate.count + aggregate.dead_letters
     fractions = (reference or {}).get("fractions")
     psi = population_stability_index(fractions, aggregate.histogram) if fractions and aggregate.histogram else None
-    latency = {f"p{int(q * 100)}": aggregate.latency.quantile(q) for q in (0.5, 0.95, 0.99)}
+    latency: dict[str, float | int | None] = {
+        f"p{int(q * 100)}": aggregate.latency.quantile(q) for q in (0.5, 0.95, 0.99)
+    }
+    latency["count"] = aggregate.latency.count
     return {
         "model_name": aggregate.model_name,
         "model_version": aggregate.model_version,

@@ -74,7 +74,11 @@ class WorkerState:
         }
 
 
-def create_app(settings: Settings, catalog: ModelCatalog | None = None, metrics: Metrics | None = None) -> faust.App:
+def create_app(
+    settings: Settings, input_partitions: int, catalog: ModelCatalog | None = None, metrics: Metrics | None = None
+) -> faust.App:
+    """``input_partitions``: the input topic's partition count; faust's tables and the statistics
+    feed are partitioned alike (a changelog partition per input partition)."""
     metrics = metrics or Metrics()
     catalog = load_catalog(settings, metrics) if catalog is None else catalog
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
@@ -83,7 +87,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None, metrics:
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings),
         datadir=str(settings.data_dir),
-        topic_partitions=settings.topic_partitions,
+        topic_partitions=input_partitions,
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
@@ -121,7 +125,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None, metrics:
         future.add_done_callback(crashes.discard)
 
     transactions = exactly_once(app, settings, crash) if settings.exactly_once else None
-    stats = StatsAgents(app, settings, send, metrics) if settings.stats_enabled else None
+    stats = StatsAgents(app, settings, send, metrics, input_partitions) if settings.stats_enabled else None
     input_batches = app.route_batches(input_topic, maxsize=INPUT_BATCHES_BUFFERED)
 
     @app.agent(input_batches, name="predict")
@@ -169,6 +173,14 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None, metrics:
     metrics.worker_up.set(1)
     register_views(app, state, stats, metrics)
     return app
+
+
+def internal_topics(app: faust.App) -> dict[str, int]:
+    """The topics faust creates for this app (table changelogs, agent channels), with the partition
+    count each is used with."""
+    topics = [table.changelog_topic for table in app.tables.values()]
+    topics += [agent.channel for agent in app.agents.values() if getattr(agent.channel, "internal", False)]
+    return {name: topic.partitions or app.conf.topic_partitions for topic in topics for name in topic.topics}
 
 
 def exactly_once(app: WorkerApp, settings: Settings, crash: Callable[[BaseException], None]) -> TransactionalPublisher:
