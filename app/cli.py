@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaConnectionError
 from app.errors import ConfigError, ModelLoadError
 from app.security import client_config, explain_connection_failure, hide_sasl_exchange
 from app.settings import Settings, describe
+from app.transport import refuse_topic_auto_creation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_topic_auto_creation()
     try:
         settings = Settings.from_env()
         client_config(settings)  # loads the TLS files: one that does not load stops the start here
@@ -96,26 +98,24 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(settings: Settings) -> int:
     from faust.worker import Worker
 
-    from app.topics import ensure_topics, worker_topics
-    from app.worker import create_app
+    from app.metrics import Metrics
+    from app.topics import check_internal_topics, ensure_topics, worker_topics
+    from app.worker import create_app, internal_topics, load_catalog
 
-    app = create_app(settings)
-    # faust subscribes only to topics that exist when it starts, and creates only its internal ones.
-    # The loop stays current: faust's worker runs on it next.
+    metrics = Metrics()
+    catalog = load_catalog(settings, metrics)  # a model that cannot load stops the start before Kafka is asked
+    # Topics next: faust subscribes only to topics that exist when it starts, and its internal topics
+    # take the input topic's partition count. The loop stays current: faust's worker runs on it next.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    config = client_config(settings)
     partitions = loop.run_until_complete(
-        ensure_topics(
-            settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **client_config(settings)
-        )
+        ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **config)
     )
-    input_partitions = partitions.get(settings.input_topic, settings.topic_partitions)
-    if settings.stats_enabled and input_partitions != settings.topic_partitions:
-        raise ConfigError(
-            f"INPUT_TOPIC {settings.input_topic!r} has {input_partitions} partitions, TOPIC_PARTITIONS is "
-            f"{settings.topic_partitions}: the statistics tables are partitioned like the input, so set "
-            f"TOPIC_PARTITIONS={input_partitions} (or STATS_ENABLED=false)"
-        )
+    app = create_app(settings, partitions[settings.input_topic], catalog, metrics)
+    loop.run_until_complete(
+        check_internal_topics(settings.bootstrap_servers, internal_topics(app), settings.app_id, **config)
+    )
     # torch and faust leave ~1M long-lived objects; without freezing them every full collection
     # walks them all, a pause of tens of milliseconds on the hot path.
     gc.freeze()

@@ -188,7 +188,7 @@ SETTINGS: tuple[Setting, ...] = (
         "TOPIC_PARTITIONS",
         int,
         "4",
-        "partitions for topics the worker creates (the most replicas that can share the work)",
+        "partitions for topics the worker creates, the input topic too when missing; internal topics follow the input",
         _positive,
         "must be >= 1",
     ),

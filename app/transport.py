@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import faust
+from aiokafka.protocol.metadata import MetadataRequest
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
 
@@ -231,3 +232,23 @@ class WorkerApp(faust.App):
         for name in topic.topics:
             self.batch_routes[name] = cast(BatchRoute, channel.put)
         return channel
+
+
+def refuse_topic_auto_creation() -> None:
+    """Make every aiokafka client in this process ask the broker not to auto-create topics.
+
+    aiokafka's metadata requests for named topics allow auto-creation unless told otherwise, so
+    on a broker with auto.create.topics.enable a consumer that subscribes (``tail``, or faust)
+    before the worker has created its topics would create them with the broker's default width.
+    The worker creates what it owns, explicitly (``app.topics``). Idempotent."""
+    original = MetadataRequest.__init__
+    if getattr(original, "refuses_auto_creation", False):
+        return
+
+    def refusing(
+        self: MetadataRequest, topics: list[str] | None = None, allow_auto_topic_creation: bool = False
+    ) -> None:
+        original(self, topics, allow_auto_topic_creation)
+
+    refusing.refuses_auto_creation = True  # type: ignore[attr-defined]
+    MetadataRequest.__init__ = refusing

@@ -5,27 +5,80 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+from aiokafka.admin import AIOKafkaAdminClient
+
 from app.topics import ensure_topics
-from tests.integration.conftest import ROOT, Names, free_port, worker_env
+from tests.integration.conftest import ROOT, Names, create_topics, free_port, running_worker, worker_env
 
 
-def test_an_input_topic_partitioned_unlike_the_statistics_is_one_clear_line(
+def test_internal_topics_left_by_a_worker_of_another_input_width_are_one_clear_line(
     bootstrap_servers: str, names: Names, tmp_path: Path
 ) -> None:
-    asyncio.run(ensure_topics(bootstrap_servers, [names.input_topic], partitions=2))
-    env = worker_env(bootstrap_servers, names, tmp_path, TOPIC_PARTITIONS="4", WEB_PORT=str(free_port()))
+    """A worker of the same app id ran on a 4-partition input and left its internal topics; a
+    worker on a 6-partition input must refuse to start, not crash once running."""
+    create_topics(bootstrap_servers, names, partitions=4)
+    with running_worker(worker_env(bootstrap_servers, names, tmp_path / "earlier"), tmp_path / "earlier.log"):
+        pass
+    wider = Names(uuid.uuid4().hex[:10])
+    env = worker_env(bootstrap_servers, names, tmp_path / "later", INPUT_TOPIC=wider.input_topic)
+    asyncio.run(ensure_topics(bootstrap_servers, [wider.input_topic], partitions=6))
     done = subprocess.run(
-        [sys.executable, "-m", "app", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "app", "worker"],
+        cwd=ROOT,
+        env={**env, "WEB_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert done.returncode == 2
+    internal = ", ".join(f"{names.app_id}-stats-{t}" for t in ("feed", "partials-changelog", "windows-changelog"))
+    assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip().splitlines()[-1] == (
-        f"inference-worker: configuration error: INPUT_TOPIC {names.input_topic!r} has 2 partitions, "
-        "TOPIC_PARTITIONS is 4: the statistics tables are partitioned like the input, so set "
-        "TOPIC_PARTITIONS=2 (or STATS_ENABLED=false)"
+        f"inference-worker: configuration error: internal topic '{names.app_id}-stats-feed' has 4 partitions, "
+        f"the input topic 6: it was made for another input by an earlier worker of WORKER_APP_ID "
+        f"'{names.app_id}'; delete that app id's internal topics ({internal}) or choose another WORKER_APP_ID"
     )
+
+
+def test_fresh_starts_create_every_topic_with_the_partitions_asked_for(bootstrap_servers: str, tmp_path: Path) -> None:
+    """New topic names each time, nothing created beforehand, and the project's own ``tail``
+    subscribed to the outputs before the worker starts: no client may auto-create a topic (the
+    broker's default is 1 partition), so every topic has TOPIC_PARTITIONS, the internal ones too."""
+    for attempt in range(4):
+        names = Names(uuid.uuid4().hex[:10])
+        env = worker_env(bootstrap_servers, names, tmp_path / str(attempt), TOPIC_PARTITIONS="3")
+        with (tmp_path / f"tail-{attempt}.log").open("wb") as tail_log:
+            tail = subprocess.Popen(
+                [sys.executable, "-m", "app", "tail", "--idle-timeout", "60"],
+                cwd=ROOT,
+                env=env,
+                stdout=tail_log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                time.sleep(3.0)  # tail subscribed and asked for the topics' metadata
+                with running_worker(env, tmp_path / f"worker-{attempt}.log"):
+                    counts = asyncio.run(partition_counts(bootstrap_servers, names.app_id))
+            finally:
+                tail.terminate()
+                tail.wait(30)
+        created = {name: count for name, count in counts.items() if name != f"{names.app_id}-__assignor-__leader"}
+        assert set(names.topics) <= set(created), created
+        assert set(created.values()) == {3}, created
+
+
+async def partition_counts(bootstrap_servers: str, prefix: str) -> dict[str, int]:
+    """Partition counts of the topics whose names start with ``prefix``, without naming (creating) any."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        topics = await admin.describe_topics()
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in topics if t["topic"].startswith(prefix)}
 
 
 def test_topics_just_created_are_counted_with_their_partitions(bootstrap_servers: str) -> None:
