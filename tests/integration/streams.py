@@ -45,10 +45,13 @@ async def produce(
     bootstrap: str,
     topic: str,
     values: Callable[[int], bytes],
-    count: int,
+    count: int | None,
     rate: float = 0.0,
-) -> None:
-    """Send ``values(i)`` for i < count, keyed by user so they spread over the partitions; ``rate`` 0 = at once."""
+    until: asyncio.Event | None = None,
+) -> int:
+    """Send ``values(i)`` for i < count, or until ``until`` is set (count None), keyed by user so they
+    spread over the partitions; ``rate`` 0 = at once. Returns how many were sent, all acknowledged."""
+    assert count is not None or until is not None, "give a count or an event to stop at"
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=10, max_batch_size=1 << 20, max_request_size=8 << 20
     )
@@ -56,18 +59,21 @@ async def produce(
     try:
         started = time.perf_counter()
         pending = []
-        for index in range(count):
+        index = 0
+        while (count is None or index < count) and not (until is not None and until.is_set()):
             if rate > 0:
                 ahead = started + index / rate - time.perf_counter()
                 if ahead > 0.002:
                     await asyncio.sleep(ahead)
             pending.append(await producer.send(topic, values(index), key=f"u-{index % 50}".encode()))
+            index += 1
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+    return index
 
 
 def in_background(coroutine: Coroutine[Any, Any, T]) -> Future[T]:
@@ -86,6 +92,9 @@ class Output:
     """Where the output itself is."""
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    key: bytes | None = None
+    timestamp: int | None = None
+    """The record's timestamp, epoch ms."""
 
     @property
     def result(self) -> dict[str, Any]:
@@ -144,7 +153,7 @@ async def read_outputs(
                 break
             for records in (await consumer.getmany(timeout_ms=500, max_records=20000)).values():
                 for r in records:
-                    outputs.append(Output(r.topic, r.partition, r.offset, r.value, list(r.headers)))
+                    outputs.append(Output(r.topic, r.partition, r.offset, r.value, list(r.headers), r.key, r.timestamp))
                     quiet_since = time.monotonic()
     finally:
         await consumer.stop()

@@ -10,6 +10,7 @@ import shutil
 import time
 import urllib.request
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +58,31 @@ def install(models: Path, version: str, source: str, name: str = "breast-cancer"
     os.rename(staging, models / name / version)
 
 
-async def produce(bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float | None = None) -> None:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    events: list[dict[str, Any]],
+    rate: float | None = None,
+    until: asyncio.Event | None = None,
+) -> int:
+    """Send ``events`` in order (at ``rate`` per second), stopping early once ``until`` is set; returns how many."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
+    sent = 0
     try:
         started = time.perf_counter()
         pending = []
         for position, document in enumerate(events):
+            if until is not None and until.is_set():
+                break
             if rate is not None and (ahead := started + position / rate - time.perf_counter()) > 0:
                 await asyncio.sleep(ahead)
             pending.append(await producer.send(topic, orjson.dumps(document), key=document["user_id"].encode()))
+            sent += 1
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+    return sent
 
 
 async def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 90.0) -> list[dict[str, Any]]:
@@ -99,6 +112,16 @@ def reference(version: str) -> ModelRunner:
     return ModelRunner.load(ModelRegistry(MODELS), "breast-cancer", version, torch.device("cpu"), False)
 
 
+async def until_models(
+    worker: WorkerProcess, condition: Callable[[dict[str, Any]], bool], what: str, timeout_s: float = 120.0
+) -> None:
+    """Wait until the worker's /models view of breast-cancer meets ``condition``: however long a load takes."""
+    deadline = time.monotonic() + timeout_s
+    while not condition((await asyncio.to_thread(models_view, worker))["breast-cancer"]):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
 def models_view(worker: WorkerProcess) -> dict[str, Any]:
     status, body = worker.get("/models")
     assert status == 200
@@ -106,8 +129,8 @@ def models_view(worker: WorkerProcess) -> dict[str, Any]:
     return document
 
 
-EVENTS = 6000
 RATE = 1000.0
+AT_MOST = 60_000  # events the hot-reload stream may send (a minute); it stops once both versions landed
 
 
 def test_hot_reload_mid_stream_loses_nothing_and_tags_each_result(
@@ -115,30 +138,35 @@ def test_hot_reload_mid_stream_loses_nothing_and_tags_each_result(
 ) -> None:
     models = tmp_path / "models"
     install(models, "1", "1")
-    events = [event(n, f"u-{n % 40}") for n in range(EVENTS)]
+    events = [event(n, f"u-{n % 40}") for n in range(AT_MOST)]
 
-    async def scenario() -> list[dict[str, Any]]:
-        streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, events, RATE))
+    async def scenario(running: WorkerProcess) -> tuple[int, list[dict[str, Any]]]:
+        landed = asyncio.Event()
+        streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, events, RATE, landed))
         await asyncio.sleep(2.0)
         install(models, "2", "2")  # a new version lands while events flow
-        await asyncio.sleep(2.0)
+        await until_models(running, lambda view: view["version"] == "2", "version 2 serving")
+        await asyncio.sleep(1.0)
         broken = models / "breast-cancer" / ".staging-3"
         shutil.copytree(MODELS / "breast-cancer" / "2", broken)
         (broken / "model.pt2").write_bytes(b"truncated upload")
         metadata = json.loads((broken / "metadata.json").read_text())
         (broken / "metadata.json").write_text(json.dumps({**metadata, "version": "3"}))
         os.rename(broken, models / "breast-cancer" / "3")  # and then a broken one
-        await streaming
-        return await read_all(bootstrap_servers, names.output_topic, EVENTS)
+        await until_models(running, lambda view: "3" in view["failed"], "version 3 refused")
+        await asyncio.sleep(1.0)
+        landed.set()
+        sent = await streaming
+        return sent, await read_all(bootstrap_servers, names.output_topic, sent)
 
     with worker(bootstrap_servers, names, tmp_path, MODEL_DIR=str(models), MODEL_POLL_INTERVAL_S="0.5") as running:
-        results = asyncio.run(scenario())
+        sent, results = asyncio.run(scenario(running))
         view = models_view(running)["breast-cancer"]
         _, metrics = running.get("/metrics")
         assert running.process.poll() is None
 
     per_event = Counter(result["event_id"] for result in results)
-    assert set(per_event) == {f"e-{n}" for n in range(EVENTS)}, "an event has no prediction"
+    assert set(per_event) == {f"e-{n}" for n in range(sent)}, "an event has no prediction"
     assert max(per_event.values()) == 1, "an event was predicted twice across the switch"
     versions = Counter(result["model_version"] for result in results)
     assert set(versions) == {"1", "2"} and min(versions.values()) > 500, versions

@@ -13,6 +13,7 @@ from tests.integration.conftest import Names, WorkerProcess, create_topics, runn
 from tests.integration.streams import Output, committed_offsets, event_value, produce, read_outputs
 
 RATE = 1000.0  # events/s
+TAIL_S = 3.0  # events keep flowing this long after the last join or leave
 SETTINGS = {"KAFKA_SESSION_TIMEOUT_S": "10"}
 
 
@@ -50,19 +51,36 @@ async def stop_worker(worker: WorkerProcess) -> None:
     assert await asyncio.to_thread(worker.process.wait, 60) == 0
 
 
+async def stream_until_set(bootstrap: str, names: Names, stop: asyncio.Event) -> int:
+    """Events at RATE until ``stop`` is set, then a few seconds more so the last rebalance happens
+    mid-stream too: a churn that takes long on a slow machine never outlasts the stream."""
+    done = asyncio.Event()
+
+    async def tail_off() -> None:
+        await stop.wait()
+        await asyncio.sleep(TAIL_S)
+        done.set()
+
+    tail = asyncio.ensure_future(tail_off())
+    sent = await produce(bootstrap, names.input_topic, event_value, None, RATE, until=done)
+    await tail
+    return sent
+
+
 def test_a_replica_joining_and_one_leaving_mid_stream_loses_nothing(bootstrap_servers: str, tmp_path: Path) -> None:
     names = Names(uuid.uuid4().hex[:10])
     create_topics(bootstrap_servers, names)
-    events = 20000  # ~20 s at RATE: long enough for a join and a leave inside it
 
     async def scenario() -> None:
         with contextlib.ExitStack() as stack:
             first = await start_worker(stack, bootstrap_servers, names, tmp_path, "a")
-            streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, event_value, events, RATE))
+            churned = asyncio.Event()
+            streaming = asyncio.ensure_future(stream_until_set(bootstrap_servers, names, churned))
             await asyncio.sleep(1.0)
             second = await start_worker(stack, bootstrap_servers, names, tmp_path, "b")  # joins while events flow
             await stop_worker(first)  # and the first leaves gracefully while they still flow
-            await streaming
+            churned.set()
+            events = await streaming
             duplicates = await assert_each_predicted(bootstrap_servers, names, events)
             assert second.process.poll() is None
             print(f"replicas: {events} events, {duplicates} duplicates after a join and a graceful leave")
@@ -74,19 +92,19 @@ def test_replicas_churning_mid_stream_lose_nothing(bootstrap_servers: str, tmp_p
     """Three workers join one by one and two leave while events flow: eight rebalances in all."""
     names = Names(uuid.uuid4().hex[:10])
     create_topics(bootstrap_servers, names)
-    events = 30000
 
     async def scenario() -> None:
         with contextlib.ExitStack() as stack:
             a = await start_worker(stack, bootstrap_servers, names, tmp_path, "a")
-            streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, event_value, events, RATE))
+            churned = asyncio.Event()
+            streaming = asyncio.ensure_future(stream_until_set(bootstrap_servers, names, churned))
             b = await start_worker(stack, bootstrap_servers, names, tmp_path, "b")
             c = await start_worker(stack, bootstrap_servers, names, tmp_path, "c")
             await stop_worker(a)
             d = await start_worker(stack, bootstrap_servers, names, tmp_path, "d")
             await stop_worker(b)
-            assert not streaming.done(), "the churn outlasted the stream: raise the event count"
-            await streaming
+            churned.set()
+            events = await streaming
             duplicates = await assert_each_predicted(bootstrap_servers, names, events)
             assert c.process.poll() is None and d.process.poll() is None
             print(f"replicas churning: {events} events, {duplicates} duplicates after 3 joins and 2 leaves")
