@@ -11,9 +11,9 @@ import sys
 from aiokafka.errors import KafkaConnectionError
 
 from app.errors import ConfigError, ModelLoadError
-from app.security import client_config, explain_connection_failure, hide_sasl_exchange
+from app.kafka.security import client_config, explain_connection_failure, hide_sasl_exchange
+from app.kafka.transport import refuse_topic_auto_creation
 from app.settings import Settings, describe
-from app.transport import refuse_topic_auto_creation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_produce(args, settings))
     if args.command == "tail":
         return asyncio.run(_tail(args, settings))
-    from app.demo import run_demo
+    from app.tools.demo import run_demo
 
     return asyncio.run(run_demo(settings, args.count, args.rate, args.malformed))
 
@@ -98,8 +98,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(settings: Settings) -> int:
     from faust.worker import Worker
 
+    from app.kafka.topics import check_internal_topics, ensure_topics, worker_topics
     from app.metrics import Metrics
-    from app.topics import check_internal_topics, ensure_topics, worker_topics
     from app.worker import create_app, internal_topics, load_catalog
 
     metrics = Metrics()
@@ -128,9 +128,9 @@ def _worker(settings: Settings) -> int:
 
 
 async def _produce(args: argparse.Namespace, settings: Settings) -> int:
-    from app.loadgen import EventFactory, produce_events
-    from app.registry import ModelRegistry
-    from app.topics import ensure_topics, worker_topics
+    from app.kafka.topics import ensure_topics, worker_topics
+    from app.models.registry import ModelRegistry
+    from app.tools.produce import EventFactory, produce_events
 
     config = client_config(settings)
     await ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **config)
@@ -154,8 +154,8 @@ async def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _tail(args: argparse.Namespace, settings: Settings) -> int:
-    from app.tail import describe as describe_record
-    from app.tail import follow
+    from app.tools.tail import describe as describe_record
+    from app.tools.tail import follow
 
     topics = (settings.output_topic, settings.dead_letter_topic)
     config = client_config(settings)

@@ -2,9 +2,9 @@
 
 ``create_app`` loads and warms the models before Faust starts, so a worker that joins the
 consumer group can predict at once, and a model that cannot load stops the start with one line.
-After that the model catalog reloads versions and routes at run time (``app.catalog``).
+After that the model catalog reloads versions and routes at run time (``app.models.catalog``).
 The ``predict`` agent receives the input topic's raw records a fetch at a time (see
-``app.transport``; faust's decoding and ``take()`` lose or stall records) and hands them to the
+``app.kafka.transport``; faust's decoding and ``take()`` lose or stall records) and hands them to the
 ``InferencePipeline``, which acks each only after its output is acknowledged by the broker.
 """
 
@@ -20,18 +20,18 @@ from typing import Any, cast
 import faust
 from faust.web import Request, Response, View
 
-from app.catalog import ModelCatalog
-from app.delivery import OutboundRecord
-from app.events import SourceRef
+from app.kafka.delivery import OutboundRecord
+from app.kafka.producer import OutputProducer
+from app.kafka.security import broker_credentials, client_config
+from app.kafka.topics import worker_topics
+from app.kafka.transactions import TransactionalPublisher
+from app.kafka.transport import BatchingConsumer, InputBatch, WorkerApp
 from app.metrics import Metrics
-from app.pipeline import InboundRecord, InferencePipeline
-from app.producer import OutputProducer
-from app.security import broker_credentials, client_config
+from app.models.catalog import ModelCatalog
+from app.pipeline.inference import InboundRecord, InferencePipeline
+from app.records.events import SourceRef
 from app.settings import Settings
-from app.stats import StatsAgents
-from app.topics import worker_topics
-from app.transactions import TransactionalPublisher
-from app.transport import BatchingConsumer, InputBatch, WorkerApp
+from app.stats.agents import StatsAgents
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def create_app(
         producer_request_timeout=30.0,
         broker_commit_interval=1.0,
         # faust's settings read PROCESSING_GUARANTEE from the environment too, over any argument; its
-        # own exactly_once does not cover outputs sent outside its producer: off (see app.transactions).
+        # own exactly_once does not cover outputs sent outside its producer: off (see app.kafka.transactions).
         env={name: value for name, value in os.environ.items() if name != "PROCESSING_GUARANTEE"},
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 10,
@@ -184,7 +184,7 @@ def internal_topics(app: faust.App) -> dict[str, int]:
 
 
 def exactly_once(app: WorkerApp, settings: Settings, crash: Callable[[BaseException], None]) -> TransactionalPublisher:
-    """Outputs and input offsets in one transaction per input partition (see ``app.transactions``).
+    """Outputs and input offsets in one transaction per input partition (see ``app.kafka.transactions``).
 
     Statistics agents stay outside these transactions; they read read_committed like the rest.
     """

@@ -40,10 +40,10 @@ import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.loadgen import EventFactory
-from app.registry import ModelRegistry
-from app.runner import ModelRunner, pick_device
+from app.models.registry import ModelRegistry
+from app.models.runner import ModelRunner, pick_device
 from app.settings import REPO_ROOT
+from app.tools.produce import EventFactory
 from benchmarks.model_formats import text_event
 
 PARTITIONS = 4

@@ -35,8 +35,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from app.registry import ModelRegistry
-from app.runner import ModelInput, ModelRunner
+from app.models.registry import ModelRegistry
+from app.models.runner import ModelInput, ModelRunner
 from app.settings import REPO_ROOT
 
 FEATURES_BATCH = 256

@@ -6,7 +6,7 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.events import SourceRef
+from app.records.events import SourceRef
 from benchmarks.peers.common import MAX_BATCH_SIZE, arguments, decode, load_runner, result_bytes
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
 
-from app.events import SourceRef
+from app.records.events import SourceRef
 from benchmarks.peers.common import MAX_BATCH_SIZE, arguments, decode, load_runner, result_bytes
 
 

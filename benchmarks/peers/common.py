@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import torch
 
-from app.events import PredictionEvent, SourceRef, parse_event
-from app.registry import ModelRegistry
-from app.results import build_result, encode_result
-from app.runner import ModelOutput, ModelRunner
+from app.models.registry import ModelRegistry
+from app.models.runner import ModelOutput, ModelRunner
+from app.records.events import PredictionEvent, SourceRef, parse_event
+from app.records.results import build_result, encode_result
 from app.settings import REPO_ROOT
 
 MAX_BATCH_SIZE = 256

@@ -8,7 +8,7 @@ from __future__ import annotations
 import faust
 from faust.worker import Worker
 
-from app.events import SourceRef
+from app.records.events import SourceRef
 from benchmarks.peers.common import arguments, decode, load_runner, result_bytes
 
 args = arguments(__doc__ or "")

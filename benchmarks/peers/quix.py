@@ -6,7 +6,7 @@ from typing import Any
 
 from quixstreams import Application, message_context
 
-from app.events import SourceRef
+from app.records.events import SourceRef
 from benchmarks.peers.common import arguments, decode, load_runner, result_dict
 
 args = arguments(__doc__ or "")

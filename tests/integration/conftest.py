@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from app.topics import ensure_topics
+from app.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 

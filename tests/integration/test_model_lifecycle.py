@@ -19,9 +19,9 @@ import pytest
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.registry import ModelRegistry
-from app.routing import Route, pick_version
-from app.runner import ModelRunner
+from app.models.registry import ModelRegistry
+from app.models.routing import Route, pick_version
+from app.models.runner import ModelRunner
 from app.settings import REPO_ROOT
 from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
 

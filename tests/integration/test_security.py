@@ -13,12 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.loadgen import EventFactory, produce_events
-from app.registry import ModelRegistry
-from app.security import client_config
+from app.kafka.security import client_config
+from app.kafka.topics import ensure_topics
+from app.models.registry import ModelRegistry
 from app.settings import REPO_ROOT, Settings
-from app.tail import follow
-from app.topics import ensure_topics
+from app.tools.produce import EventFactory, produce_events
+from app.tools.tail import follow
 from tests.integration.conftest import SASL_PASSWORD, SASL_USERNAME, Names, running_worker, worker_env
 
 EVENTS = 300

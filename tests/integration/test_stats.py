@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from jsonschema import Draft202012Validator
 
-from app.events import parse_timestamp_ms
+from app.records.events import parse_timestamp_ms
 from tests.integration.conftest import Names, create_topics, running_worker, worker_env
 
 WINDOW_S = 10

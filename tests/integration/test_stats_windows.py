@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from jsonschema import Draft202012Validator
 
-from app.events import parse_timestamp_ms
+from app.records.events import parse_timestamp_ms
 from tests.integration.conftest import Names, running_worker, worker_env
 from tests.integration.streams import Output, read_outputs
 

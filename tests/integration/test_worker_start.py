@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.topics import ensure_topics
+from app.kafka.topics import ensure_topics
 from tests.integration.conftest import ROOT, Names, create_topics, free_port, running_worker, worker_env
 
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from app.batcher import MicroBatcher
 from app.errors import ModelError
+from app.pipeline.batcher import MicroBatcher
 
 
 class RecordingHandler:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.cache import ResultCache
+from app.pipeline.cache import ResultCache
 
 
 class Clock:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from app.catalog import ModelCatalog
 from app.errors import ConfigError, InvalidRecord, ModelLoadError
-from app.runner import Runner
+from app.models.catalog import ModelCatalog
+from app.models.runner import Runner
 from app.settings import REPO_ROOT, Settings
 
 MODELS = REPO_ROOT / "models"

@@ -16,11 +16,11 @@ import torch
 from jsonschema import Draft202012Validator
 
 from app.errors import InvalidRecord, ModelLoadError
-from app.events import SourceRef, parse_event
-from app.pipeline import check_input
-from app.registry import ModelRegistry
-from app.results import build_result, encode_result
-from app.runner import ModelRunner
+from app.models.registry import ModelRegistry
+from app.models.runner import ModelRunner
+from app.pipeline.inference import check_input
+from app.records.events import SourceRef, parse_event
+from app.records.results import build_result, encode_result
 from app.settings import REPO_ROOT
 
 pytest.importorskip("sentence_transformers", reason="the text extra is not installed")
@@ -135,8 +135,8 @@ def test_loading_makes_no_network_call(tmp_path: Path) -> None:
         socket.getaddrinfo = refuse
         from pathlib import Path
         import torch
-        from app.registry import ModelRegistry
-        from app.runner import ModelRunner
+        from app.models.registry import ModelRegistry
+        from app.models.runner import ModelRunner
         runner = ModelRunner.load(ModelRegistry(Path({str(MODELS)!r})), "minilm", "1", torch.device("cpu"), False)
         assert len(runner.predict(["offline"])[0].embedding) == 384
         print("attempts", len(attempts))

@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from app.errors import InvalidRecord
-from app.events import ERROR_CLASSES, ISO_8601_PATTERN, MAX_TEXT_CHARS, SourceRef, parse_event
+from app.records.events import ERROR_CLASSES, ISO_8601_PATTERN, MAX_TEXT_CHARS, SourceRef, parse_event
 
 SOURCE = SourceRef("events", 2, 41)
 LIMIT = 4096

@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from app.errors import ModelLoadError
-from app.registry import ModelRegistry
-from app.runner import ModelRunner
+from app.models.formats import LOADERS
+from app.models.metadata import ARTIFACT_FORMATS
+from app.models.registry import ModelRegistry
+from app.models.runner import ModelRunner
 
 CPU = torch.device("cpu")
 INPUT_SIZE = 6
@@ -215,3 +217,7 @@ def test_compiled_model_gives_the_same_outputs(tmp_path: Path, original: TinyNet
     runner = load(tmp_path, torch_compile=True)
     runner.warm_up(4)
     torch.testing.assert_close(probabilities(runner, rows), expected_probabilities(original, rows), atol=1e-5, rtol=0)
+
+
+def test_every_artifact_format_the_metadata_accepts_has_a_loader() -> None:
+    assert set(LOADERS) == set(ARTIFACT_FORMATS)

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 import pytest
 
-from app.catalog import ModelCatalog
-from app.events import SourceRef
-from app.pipeline import InboundRecord, InferencePipeline, OutboundRecord
-from app.runner import Runner
+from app.models.catalog import ModelCatalog
+from app.models.runner import Runner
+from app.pipeline.inference import InboundRecord, InferencePipeline, OutboundRecord
+from app.records.events import SourceRef
 from app.settings import REPO_ROOT, Settings
 
 

@@ -8,12 +8,12 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from app.dead_letter import dead_letter_headers
 from app.errors import InvalidRecord, ModelError
-from app.events import ERROR_CLASSES, SourceRef, parse_event
-from app.registry import ModelMetadata
-from app.results import build_result, encode_result
-from app.runner import ModelOutput
+from app.models.metadata import ModelMetadata
+from app.models.runner import ModelOutput
+from app.records.dead_letters import dead_letter_headers
+from app.records.events import ERROR_CLASSES, SourceRef, parse_event
+from app.records.results import build_result, encode_result
 
 SOURCE = SourceRef("events", 3, 99)
 CLASSIFIER = ModelMetadata("m", "7", "torch.export", "model.pt2", "classifier", 2, labels=("no", "yes"))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from app.errors import ModelLoadError
-from app.registry import ModelRegistry, version_key
-from app.runner import ModelRunner, warmup_sizes
+from app.models.registry import ModelRegistry, version_key
+from app.models.runner import ModelRunner, warmup_sizes
 from app.settings import REPO_ROOT
 
 MODELS = REPO_ROOT / "models"

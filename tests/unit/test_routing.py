@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import ConfigError
-from app.routing import Route, parse_routing, pick_version, sticky_point
+from app.models.routing import Route, parse_routing, pick_version, sticky_point
 
 
 def test_parses_split_and_shadow() -> None:

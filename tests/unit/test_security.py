@@ -17,7 +17,7 @@ import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from app.errors import ConfigError
-from app.security import broker_credentials, client_config, hide_sasl_exchange, ssl_context
+from app.kafka.security import broker_credentials, client_config, hide_sasl_exchange, ssl_context
 from app.settings import REPO_ROOT, Settings, describe
 
 PASSWORD = "s3cret-Pa55word"
@@ -216,5 +216,5 @@ def test_the_worker_never_logs_the_password() -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     assert "cannot reach Kafka" in output.splitlines()[-1]
-    assert "app.runner" in output  # the models were loaded and logged: the start got that far
+    assert "app.models.runner" in output  # the models were loaded and logged: the start got that far
     assert PASSWORD not in output

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from app.sketch import QuantileSketch
+from app.stats.sketch import QuantileSketch
 
 
 def exact_quantile(values: list[float], q: float) -> float:

@@ -7,9 +7,9 @@ import math
 import pytest
 from jsonschema import Draft202012Validator
 
-from app.stats import SourceClock
-from app.windows import (
-    Observation,
+from app.records.observations import Observation
+from app.stats.agents import SourceClock
+from app.stats.windows import (
     WindowAggregate,
     bin_index,
     population_stability_index,

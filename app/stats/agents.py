@@ -41,13 +41,14 @@ from typing import Any, cast
 import faust
 import orjson
 
-from app.delivery import OutboundRecord, Send, publish, until_acknowledged
 from app.errors import ModelLoadError
+from app.kafka.delivery import OutboundRecord, Send, publish, until_acknowledged
+from app.kafka.transport import BatchingConsumer, WorkerApp
 from app.metrics import Metrics
-from app.registry import ModelRegistry
+from app.models.registry import ModelRegistry
+from app.records.observations import Observation, source_name
 from app.settings import Settings
-from app.transport import BatchingConsumer, WorkerApp
-from app.windows import Observation, WindowAggregate, source_name, window_key, window_start_ms, window_stats
+from app.stats.windows import WindowAggregate, window_key, window_start_ms, window_stats
 
 log = logging.getLogger(__name__)
 

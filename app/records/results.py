@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from app.events import PredictionEvent, SourceRef
-from app.registry import ModelMetadata
-from app.runner import ModelOutput
+from app.models.metadata import ModelMetadata
+from app.models.runner import ModelOutput
+from app.records.events import PredictionEvent, SourceRef
 
 SCHEMA_VERSION = 1
 

@@ -23,18 +23,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from app.batcher import Batched, MicroBatcher
-from app.cache import ResultCache
-from app.catalog import ModelCatalog
-from app.dead_letter import Headers, dead_letter_headers
-from app.delivery import InOrderConfirmer, OutboundRecord
 from app.errors import InvalidRecord, RecordError
-from app.events import PredictionEvent, SourceRef, parse_event
+from app.kafka.delivery import InOrderConfirmer, OutboundRecord
 from app.metrics import Metrics
-from app.results import build_result, encode_result
-from app.runner import ModelInput, ModelOutput, Runner
+from app.models.catalog import ModelCatalog
+from app.models.runner import ModelInput, ModelOutput, Runner
+from app.pipeline.batcher import Batched, MicroBatcher
+from app.pipeline.cache import ResultCache
+from app.records.dead_letters import Headers, dead_letter_headers
+from app.records.events import PredictionEvent, SourceRef, parse_event
+from app.records.observations import Observation, source_name
+from app.records.results import build_result, encode_result
 from app.settings import Settings
-from app.windows import Observation, source_name
 
 log = logging.getLogger(__name__)
 

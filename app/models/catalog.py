@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.ensemble import EnsembleRunner, declared_members
 from app.errors import ConfigError, InvalidRecord, ModelLoadError
 from app.metrics import Metrics
-from app.registry import ENSEMBLE_FORMAT, ModelRegistry
-from app.routing import LATEST, Route, parse_routing, pick_version
-from app.runner import ModelRunner, Runner, pick_device
+from app.models.ensemble import EnsembleRunner, declared_members
+from app.models.metadata import ENSEMBLE_FORMAT
+from app.models.registry import ModelRegistry
+from app.models.routing import LATEST, Route, parse_routing, pick_version
+from app.models.runner import ModelRunner, Runner, pick_device
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ records are sent again in a new one (backoff doubling), before any later record 
 so offsets only ever move forward past committed outputs.
 
 Statistics agents publish through faust's own producer and are not part of these transactions:
-their exactly-once counting rests on the per-window source offsets (see ``app.stats``).
+their exactly-once counting rests on the per-window source offsets (see ``app.stats.agents``).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import ProducerFenced
 
-from app.delivery import MAX_RESEND_BACKOFF_S, OutboundRecord
-from app.producer import OutputProducer
+from app.kafka.delivery import MAX_RESEND_BACKOFF_S, OutboundRecord
+from app.kafka.producer import OutputProducer
 
 log = logging.getLogger(__name__)
 

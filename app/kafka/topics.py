@@ -38,7 +38,7 @@ async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions
     Returns each topic's partition count. Topics are only ever looked up all at once: a metadata
     request that names a missing topic makes a broker with auto.create.topics.enable create it, with
     the broker's default partition count. ``config``: more AIOKafkaAdminClient arguments
-    (``app.security.client_config``)."""
+    (``app.kafka.security.client_config``)."""
     names = list(names)
     async with _admin(bootstrap_servers, config) as admin:
         existing = await _partition_counts(admin)

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from app.errors import ModelLoadError
-from app.registry import ModelMetadata
-from app.runner import ModelInput, ModelOutput, Runner
+from app.models.metadata import ModelMetadata
+from app.models.runner import ModelInput, ModelOutput, Runner
 
 METHODS = ("mean", "vote")
 

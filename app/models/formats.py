@@ -6,7 +6,7 @@
   ``module_kwargs``, then weights from ``torch.load(weights_only=True)``.
 - ``onnx``: an ONNX Runtime session (the ``onnx`` extra) wrapped as a module.
 - ``sentence-transformers``: a model folder or ``package:<module>`` (the ``text`` extra), see
-  ``app.embeddings``.
+  ``app.models.embeddings``.
 
 None of them unpickles arbitrary objects. ``state_dict`` imports the class its metadata names:
 the registry is trusted like the code (whoever writes metadata.json chooses what runs anyway).
@@ -17,17 +17,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from app.errors import ModelLoadError
+from app.models.metadata import ModelMetadata
 
-if TYPE_CHECKING:
-    from app.registry import ModelMetadata
-
-Loader = Callable[[Path, "ModelMetadata"], nn.Module]
+Loader = Callable[[Path, ModelMetadata], nn.Module]
 
 
 def load_torch_export(version_dir: Path, metadata: ModelMetadata) -> nn.Module:
@@ -110,7 +108,7 @@ def load_onnx(version_dir: Path, metadata: ModelMetadata) -> nn.Module:
 
 
 def load_sentence_transformers(version_dir: Path, metadata: ModelMetadata) -> nn.Module:
-    from app.embeddings import load_text_embedder  # keeps transformers out of tabular-only workers
+    from app.models.embeddings import load_text_embedder  # keeps transformers out of tabular-only workers
 
     return load_text_embedder(version_dir, metadata)
 

@@ -1,28 +1,19 @@
-"""A directory-based model registry: ``<root>/<name>/<version>/`` holds an artifact and metadata.json.
-
-Versions sort numerically where they are numbers ("10" after "9", "1.10" after "1.9"), so
-"latest" is the highest. Artifacts are loaded without unpickling arbitrary objects, by one
-loader per format (``app.formats``): torch.export, TorchScript, a state_dict plus its module
-class, ONNX, or a sentence-transformers folder.
-"""
+"""A model version's metadata.json, parsed and checked: what the model takes, returns and is called."""
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from app.errors import ModelLoadError
-from app.formats import LOADERS
 
 METADATA_FILE = "metadata.json"
 ENSEMBLE_FORMAT = "ensemble"
-"""Built from its members' runners by ``app.catalog``; it has no artifact of its own."""
-SUPPORTED_FORMATS = (*LOADERS, ENSEMBLE_FORMAT)
+"""Built from its members' runners by ``app.models.catalog``; it has no artifact of its own."""
+ARTIFACT_FORMATS = ("torch.export", "torchscript", "state_dict", "onnx", "sentence-transformers")
+"""Each has its loader in ``app.models.formats.LOADERS``."""
+SUPPORTED_FORMATS = (*ARTIFACT_FORMATS, ENSEMBLE_FORMAT)
 KINDS = ("classifier", "regressor", "embedding")
 INPUTS = ("features", "text")
 
@@ -112,57 +103,3 @@ _CORE_FIELDS = {
     "positive_label",
     "input",
 }
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that orders numeric parts as numbers: 1 < 2 < 10, 1.9 < 1.10."""
-    parts = re.split(r"[.\-_]", version)
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts)
-
-
-class ModelRegistry:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def versions(self, name: str) -> list[str]:
-        model_dir = self.root / name
-        if not model_dir.is_dir():
-            raise ModelLoadError(f"model {name!r} not found: no folder {model_dir}")
-        found = [child.name for child in model_dir.iterdir() if (child / METADATA_FILE).is_file()]
-        return sorted(found, key=version_key)
-
-    def resolve(self, name: str, version: str = "latest") -> str:
-        available = self.versions(name)
-        if not available:
-            raise ModelLoadError(f"model {name!r} has no versions under {self.root / name}")
-        if version == "latest":
-            return available[-1]
-        if version not in available:
-            raise ModelLoadError(f"model {name!r} has no version {version!r} (have: {', '.join(available)})")
-        return version
-
-    def metadata(self, name: str, version: str = "latest") -> ModelMetadata:
-        version_dir = self.root / name / self.resolve(name, version)
-        path = version_dir / METADATA_FILE
-        try:
-            document = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{path}: cannot read metadata: {exc}") from None
-        if not isinstance(document, dict):
-            raise ModelLoadError(f"{path}: metadata must be a JSON object")
-        metadata = ModelMetadata.from_dict(document, path)
-        if (metadata.name, metadata.version) != (name, version_dir.name):
-            raise ModelLoadError(
-                f"{path}: metadata says {metadata.name}/{metadata.version}, folder is {name}/{version_dir.name}"
-            )
-        return metadata
-
-    def load_module(self, metadata: ModelMetadata) -> torch.nn.Module:
-        version_dir = self.root / metadata.name / metadata.version
-        try:
-            return LOADERS[metadata.format](version_dir, metadata)
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure to deserialise is a load error
-            path = version_dir / metadata.artifact
-            raise ModelLoadError(f"{path}: cannot load {metadata.format} artifact: {exc!r}") from None

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from app.dead_letter import Headers
-from app.events import SourceRef
+from app.records.dead_letters import Headers
+from app.records.events import SourceRef
 
 log = logging.getLogger(__name__)
 

@@ -240,7 +240,7 @@ def refuse_topic_auto_creation() -> None:
     aiokafka's metadata requests for named topics allow auto-creation unless told otherwise, so
     on a broker with auto.create.topics.enable a consumer that subscribes (``tail``, or faust)
     before the worker has created its topics would create them with the broker's default width.
-    The worker creates what it owns, explicitly (``app.topics``). Idempotent."""
+    The worker creates what it owns, explicitly (``app.kafka.topics``). Idempotent."""
     original = MetadataRequest.__init__
     if getattr(original, "refuses_auto_creation", False):
         return

@@ -18,37 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from app.sketch import QuantileSketch
+from app.records.observations import Observation
+from app.stats.sketch import QuantileSketch
 
 STATS_SCHEMA_VERSION = 1
 PSI_EPSILON = 1e-4  # smooths empty bins so PSI stays finite
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    model_name: str
-    model_version: str
-    event_time_ms: float
-    source: str
-    """``topic:partition`` of the input record observed."""
-    offset: int
-    dead_letter: bool = False
-    prediction: float | None = None
-    label: str | None = None
-    latency_ms: float | None = None
-    batch_size: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Observation:
-        return cls(**data)
-
-
-def source_name(topic: str, partition: int) -> str:
-    """How statistics name a source partition: ``topic:partition``."""
-    return f"{topic}:{partition}"
 
 
 def window_start_ms(event_time_ms: float, size_ms: int) -> int:

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
-from app.registry import ModelMetadata
+from app.models.metadata import ModelMetadata
 
 RESEND_ATTEMPTS = 60
 MALFORMED_KINDS = ("not_utf8", "invalid_json", "schema_violation", "non_finite", "wrong_feature_count")
@@ -82,7 +82,7 @@ async def produce_events(
 ) -> ProduceReport:
     """Send ``count`` events (``rate`` per second, 0 = as fast as possible) and wait for every ack.
 
-    ``config``: more AIOKafkaProducer arguments (``app.security.client_config``)."""
+    ``config``: more AIOKafkaProducer arguments (``app.kafka.security.client_config``)."""
     report = ProduceReport()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all", **config)
     await producer.start()

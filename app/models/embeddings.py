@@ -20,15 +20,13 @@ import importlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from app.errors import ModelLoadError
-
-if TYPE_CHECKING:
-    from app.registry import ModelMetadata
+from app.models.metadata import ModelMetadata
 
 PACKAGE_PREFIX = "package:"
 FORWARD_BATCH_SIZE = 32

@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from app.errors import RecordError
-from app.events import SourceRef
-from app.registry import ModelMetadata
+from app.models.metadata import ModelMetadata
+from app.records.events import SourceRef
 
 Headers = list[tuple[str, bytes]]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from app.embeddings import TextEmbedder
 from app.errors import ModelLoadError
-from app.formats import OnnxModule
+from app.models.embeddings import TextEmbedder
+from app.models.formats import OnnxModule
 
 QUANTIZE_MODES = ("none", "dynamic-int8")
 

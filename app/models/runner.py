@@ -9,8 +9,8 @@ event loop (measured: 27 ms per 256-row forward of the default model on a thread
 against 0.3 ms inline).
 
 Inputs follow the model's metadata ``input``: rows of features become one float tensor; texts go
-to the model's ``TextEmbedder`` (``app.embeddings``), whose results carry the vector. Optional
-rewrites at load (``app.tuning``): dynamic int8 quantization and torch.compile.
+to the model's ``TextEmbedder`` (``app.models.embeddings``), whose results carry the vector. Optional
+rewrites at load (``app.models.tuning``): dynamic int8 quantization and torch.compile.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from typing import Protocol, cast
 
 import torch
 
-from app.embeddings import TextEmbedder
 from app.errors import ModelLoadError
-from app.registry import ModelMetadata, ModelRegistry
-from app.tuning import compile_module, quantize
+from app.models.embeddings import TextEmbedder
+from app.models.metadata import ModelMetadata
+from app.models.registry import ModelRegistry
+from app.models.tuning import compile_module, quantize
 
 log = logging.getLogger(__name__)
 

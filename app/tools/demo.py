@@ -21,12 +21,12 @@ from pathlib import Path
 
 import orjson
 
-from app.loadgen import EventFactory, produce_events
-from app.registry import ModelRegistry
-from app.security import client_config
+from app.kafka.security import client_config
+from app.kafka.topics import ensure_topics, worker_topics
+from app.models.registry import ModelRegistry
 from app.settings import Settings
-from app.tail import describe, follow
-from app.topics import ensure_topics, worker_topics
+from app.tools.produce import EventFactory, produce_events
+from app.tools.tail import describe, follow
 
 READY_TIMEOUT_S = 180.0
 SHOWN_LINES = 15

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from app.delivery import OutboundRecord
+from app.kafka.delivery import OutboundRecord
 
 _UNSET: Any = None
 MIN_GROUP_FOR_BATCH = 32

@@ -19,7 +19,7 @@ async def follow(
 ) -> AsyncGenerator[ConsumerRecord[bytes, bytes]]:
     """Yield records from ``topics`` (no consumer group, nothing committed) until idle for too long.
 
-    ``config``: more AIOKafkaConsumer arguments (``app.security.client_config``)."""
+    ``config``: more AIOKafkaConsumer arguments (``app.kafka.security.client_config``)."""
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap_servers,

@@ -1,0 +1,25 @@
+"""What statistics keep of one delivered prediction or dead letter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    model_name: str
+    model_version: str
+    event_time_ms: float
+    source: str
+    """``topic:partition`` of the input record observed."""
+    offset: int
+    dead_letter: bool = False
+    prediction: float | None = None
+    label: str | None = None
+    latency_ms: float | None = None
+    batch_size: int | None = None
+
+
+def source_name(topic: str, partition: int) -> str:
+    """How statistics name a source partition: ``topic:partition``."""
+    return f"{topic}:{partition}"
