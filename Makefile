@@ -7,7 +7,7 @@ VENV = $(shell scripts/venv.sh)
 PYTHON = $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv kafka-up kafka-down kafka-status run test test-unit lint bench bench-quick model clean
+.PHONY: help venv kafka-up kafka-down kafka-status run test test-unit lint bench bench-quick model settings-table clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ bench: kafka-up ## benchmark this worker against its peers (several minutes); wr
 
 bench-quick: kafka-up ## only the per-system throughput and latency
 	@$(PYTHON) -m benchmarks.bench --quick --events 30000
+
+settings-table: ## rewrite the README's settings table from app/settings.py
+	@$(PYTHON) -c 'import pathlib, re; from app.settings import markdown_table; p = pathlib.Path("README.md"); \
+	  p.write_text(re.sub(r"(<!-- settings-table:start -->\n).*?(\n<!-- settings-table:end -->)", lambda m: m[1] + markdown_table() + m[2], p.read_text(), flags=re.S))'
 
 model: ## retrain the default model into models/ (needs the dev extras: scikit-learn)
 	@$(PYTHON) scripts/train_default_model.py

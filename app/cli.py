@@ -54,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     refuse_topic_auto_creation()
     try:
         settings = Settings.from_env()
-        client_config(settings)  # loads the TLS files: one that does not load stops the start here
+        client_config(settings.kafka)  # loads the TLS files: one that does not load stops the start here
     except ConfigError as exc:
         print(f"inference-worker: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.worker.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
+    )
     hide_sasl_exchange()
     try:
         return _run(args, settings)
@@ -69,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inference-worker: model error: {exc}", file=sys.stderr)
         return 1
     except KafkaConnectionError:
-        refused = asyncio.run(explain_connection_failure(settings))
+        refused = asyncio.run(explain_connection_failure(settings.kafka))
         if refused:
             print(f"inference-worker: {refused}", file=sys.stderr)
             return 1
         print(
-            f"inference-worker: cannot reach Kafka at {settings.bootstrap_servers}: start it (make kafka-up) "
+            f"inference-worker: cannot reach Kafka at {settings.kafka.bootstrap_servers}: start it (make kafka-up) "
             "or set KAFKA_BOOTSTRAP_SERVERS",
             file=sys.stderr,
         )
@@ -108,18 +110,20 @@ def _worker(settings: Settings) -> int:
     # take the input topic's partition count. The loop stays current: faust's worker runs on it next.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    config = client_config(settings)
+    config = client_config(settings.kafka)
     partitions = loop.run_until_complete(
-        ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **config)
+        ensure_topics(
+            settings.kafka.bootstrap_servers, worker_topics(settings.topics), settings.topics.topic_partitions, **config
+        )
     )
-    app = create_app(settings, partitions[settings.input_topic], catalog, metrics)
+    app = create_app(settings, partitions[settings.topics.input_topic], catalog, metrics)
     loop.run_until_complete(
-        check_internal_topics(settings.bootstrap_servers, internal_topics(app), settings.app_id, **config)
+        check_internal_topics(settings.kafka.bootstrap_servers, internal_topics(app), settings.worker.app_id, **config)
     )
     # torch and faust leave ~1M long-lived objects; without freezing them every full collection
     # walks them all, a pause of tens of milliseconds on the hot path.
     gc.freeze()
-    worker = Worker(app, loglevel=settings.log_level)
+    worker = Worker(app, loglevel=settings.worker.log_level)
     # faust's terminal spinner sets the root logger to DEBUG when the level is WARNING or above,
     # so every library's debug record is built: about a sixth of the hot path's time.
     worker.spinner = None
@@ -132,13 +136,17 @@ async def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from app.models.registry import ModelRegistry
     from app.tools.produce import EventFactory, produce_events
 
-    config = client_config(settings)
-    await ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **config)
-    metadata = ModelRegistry(settings.model_dir).metadata(args.model or settings.default_model, settings.model_version)
+    config = client_config(settings.kafka)
+    await ensure_topics(
+        settings.kafka.bootstrap_servers, worker_topics(settings.topics), settings.topics.topic_partitions, **config
+    )
+    metadata = ModelRegistry(settings.models.model_dir).metadata(
+        args.model or settings.models.default_model, settings.models.model_version
+    )
     factory = EventFactory(metadata, seed=args.seed)
     report = await produce_events(
-        settings.bootstrap_servers,
-        settings.input_topic,
+        settings.kafka.bootstrap_servers,
+        settings.topics.input_topic,
         factory,
         args.count,
         args.rate,
@@ -147,7 +155,7 @@ async def _produce(args: argparse.Namespace, settings: Settings) -> int:
         **config,
     )
     print(
-        f"sent {report.sent} events to {settings.input_topic} in {report.seconds:.2f}s "
+        f"sent {report.sent} events to {settings.topics.input_topic} in {report.seconds:.2f}s "
         f"({report.sent / max(report.seconds, 1e-9):.0f}/s); malformed: {dict(report.malformed)}"
     )
     return 0
@@ -157,8 +165,10 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
     from app.tools.tail import describe as describe_record
     from app.tools.tail import follow
 
-    topics = (settings.output_topic, settings.dead_letter_topic)
-    config = client_config(settings)
-    async for record in follow(settings.bootstrap_servers, topics, args.from_beginning, args.idle_timeout, **config):
-        print(describe_record(record, settings.dead_letter_topic), flush=True)
+    topics = (settings.topics.output_topic, settings.topics.dead_letter_topic)
+    config = client_config(settings.kafka)
+    async for record in follow(
+        settings.kafka.bootstrap_servers, topics, args.from_beginning, args.idle_timeout, **config
+    ):
+        print(describe_record(record, settings.topics.dead_letter_topic), flush=True)
     return 0

@@ -1,7 +1,10 @@
 """The worker's one settings object, read once from the environment at start-up.
 
-Every setting is declared once in ``SETTINGS`` (environment variable, type, default, help);
-``Settings.from_env`` parses and validates them, and ``describe()`` feeds ``--help``.
+Each setting is declared once, as a typed field of its section (``KafkaSettings``,
+``TopicSettings``, ``ModelSettings``, ``BatchingSettings``, ``StatsSettings``, ``WebSettings``,
+``WorkerSettings``) with its environment variable, default, help and check. ``Settings.from_env``
+parses and validates them; ``describe()`` (``--help``) and ``markdown_table()`` (the README's
+table) are generated from the same declarations. Components receive only their section.
 A bad value raises ``ConfigError`` with one line that names the variable and the fix.
 """
 
@@ -9,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,39 +25,33 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
-class Setting:
-    field: str
+class Declaration:
+    """How one setting is read: its variable, default (as written in the environment), help and check."""
+
     env: str
-    parse: Callable[[str], Any]
     default: str
     help: str
-    check: Callable[[Any], bool] = lambda _value: True
+    check: Callable[[Any], bool] | None = None
     requirement: str = ""
 
 
-def _bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{raw!r} is not a boolean (use true or false)")
+def setting(
+    env: str, default: str, help: str, check: tuple[Callable[[Any], bool], str] | None = None
+) -> Any:  # a dataclass field; Any so it can stand as the default of a typed field
+    predicate, requirement = check if check is not None else (None, "")
+    return dataclasses.field(metadata={"setting": Declaration(env, default, help, predicate, requirement)})
 
 
-def _names(raw: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in raw.split(",") if name.strip())
+def at_least(minimum: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value >= minimum), f"must be >= {minimum:g}"
 
 
-def _optional_path(raw: str) -> Path | None:
-    return Path(raw) if raw.strip() else None
+def above(minimum: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value > minimum), f"must be > {minimum:g}"
 
 
-def _positive(value: float) -> bool:
-    return value > 0
-
-
-def _non_negative(value: float) -> bool:
-    return value >= 0
+def one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value in choices), f"must be {', '.join(choices[:-1])} or {choices[-1]}"
 
 
 class Secret:
@@ -83,446 +82,336 @@ class Secret:
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-def _upper(raw: str) -> str:
-    return raw.strip().upper()
-
-
-def _existing_file(value: Path | None) -> bool:
-    return value is None or value.is_file()
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "bootstrap_servers",
-        "KAFKA_BOOTSTRAP_SERVERS",
-        str,
-        "127.0.0.1:9092",
-        "Kafka brokers, comma-separated host:port",
-        lambda v: bool(v.strip()),
-        "must not be empty",
-    ),
-    Setting(
-        "security_protocol",
-        "KAFKA_SECURITY_PROTOCOL",
-        _upper,
-        "PLAINTEXT",
-        "how clients talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-        lambda v: v in SECURITY_PROTOCOLS,
-        "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-    ),
-    Setting(
-        "sasl_mechanism",
-        "KAFKA_SASL_MECHANISM",
-        _upper,
-        "PLAIN",
-        "SASL mechanism (SASL_* protocols): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-        lambda v: v in SASL_MECHANISMS,
-        "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-    ),
-    Setting("sasl_username", "KAFKA_SASL_USERNAME", str, "", "SASL user name (SASL_* protocols)"),
-    Setting("sasl_password", "KAFKA_SASL_PASSWORD", Secret, "", "SASL password (SASL_* protocols); never logged"),
-    Setting(
-        "ssl_cafile",
-        "KAFKA_SSL_CAFILE",
-        _optional_path,
-        "",
-        "PEM file of the CAs that signed the brokers' certificates; empty: the system's CAs",
-        _existing_file,
-        "no such file",
-    ),
-    Setting(
-        "ssl_certfile",
-        "KAFKA_SSL_CERTFILE",
-        _optional_path,
-        "",
-        "PEM client certificate, for brokers that require TLS client authentication",
-        _existing_file,
-        "no such file",
-    ),
-    Setting(
-        "ssl_keyfile",
-        "KAFKA_SSL_KEYFILE",
-        _optional_path,
-        "",
-        "PEM private key of KAFKA_SSL_CERTFILE (when not inside it)",
-        _existing_file,
-        "no such file",
-    ),
-    Setting("ssl_key_password", "KAFKA_SSL_KEY_PASSWORD", Secret, "", "password of KAFKA_SSL_KEYFILE; never logged"),
-    Setting(
-        "ssl_check_hostname",
-        "KAFKA_SSL_CHECK_HOSTNAME",
-        _bool,
-        "true",
-        "check that a broker's certificate names the host connected to",
-    ),
-    Setting(
-        "app_id",
-        "WORKER_APP_ID",
-        str,
-        "inference-worker",
-        "Faust app id; also the Kafka consumer group shared by all replicas",
-    ),
-    Setting("input_topic", "INPUT_TOPIC", str, "events", "topic of PredictionEvent records"),
-    Setting("output_topic", "OUTPUT_TOPIC", str, "predictions", "topic PredictionResult records go to"),
-    Setting(
-        "dead_letter_topic",
-        "DEAD_LETTER_TOPIC",
-        str,
-        "events.dlq",
-        "topic records that cannot be predicted go to, untouched, with the reason in headers",
-    ),
-    Setting(
-        "session_timeout_s",
-        "KAFKA_SESSION_TIMEOUT_S",
-        float,
-        "30",
-        "a worker silent this long leaves the consumer group and its partitions move (3-300 s)",
-        lambda v: 3 <= v <= 300,
-        "must be between 3 and 300 seconds",
-    ),
-    Setting(
-        "topic_partitions",
-        "TOPIC_PARTITIONS",
-        int,
-        "4",
-        "partitions for topics the worker creates, the input topic too when missing; internal topics follow the input",
-        _positive,
-        "must be >= 1",
-    ),
-    Setting(
-        "model_dir",
-        "MODEL_DIR",
-        Path,
-        str(REPO_ROOT / "models"),
-        "model registry root: <MODEL_DIR>/<name>/<version>/ holding metadata.json and the artifact",
-    ),
-    Setting(
-        "model_names",
-        "MODEL_NAMES",
-        _names,
-        "breast-cancer",
-        "models to load, comma-separated; the first is the default for events without 'model'",
-        bool,
-        "must name at least one model",
-    ),
-    Setting(
-        "model_version",
-        "MODEL_VERSION",
-        str,
-        "latest",
-        "version serving every model in MODEL_NAMES without a route ('latest' follows the registry's highest)",
-    ),
-    Setting(
-        "model_routing",
-        "MODEL_ROUTING",
-        str,
-        "",
-        'routes as JSON, e.g. {"breast-cancer": {"split": {"1": 90, "2": 10}, "shadow": ["3"]}}',
-    ),
-    Setting(
-        "routing_file",
-        "ROUTING_FILE",
-        _optional_path,
-        "",
-        "JSON file of routes (as MODEL_ROUTING, which it overrides per model); re-read at run time",
-    ),
-    Setting(
-        "model_poll_interval_s",
-        "MODEL_POLL_INTERVAL_S",
-        float,
-        "10",
-        "how often to look for new model versions and routing changes (0: only on POST /models/reload)",
-        _non_negative,
-        "must be >= 0",
-    ),
-    Setting(
-        "shadow_topic",
-        "SHADOW_TOPIC",
-        str,
-        "predictions.shadow",
-        "topic shadow versions' results go to (never the predictions topic)",
-    ),
-    Setting(
-        "result_cache_size",
-        "RESULT_CACHE_SIZE",
-        int,
-        "0",
-        "results kept per worker in an LRU cache keyed by (model, version, input); 0 turns it off",
-        _non_negative,
-        "must be >= 0",
-    ),
-    Setting(
-        "result_cache_ttl_s",
-        "RESULT_CACHE_TTL_S",
-        float,
-        "300",
-        "seconds a cached result stays valid",
-        _positive,
-        "must be > 0",
-    ),
-    Setting(
-        "device",
-        "MODEL_DEVICE",
-        str,
-        "auto",
-        "torch device: auto (cuda when available), cpu or cuda[:N]",
-        lambda v: v == "auto" or v == "cpu" or v.startswith("cuda"),
-        "must be auto, cpu or cuda[:N]",
-    ),
-    Setting(
-        "model_execution",
-        "MODEL_EXECUTION",
-        str,
-        "auto",
-        "where forwards run: thread (off the event loop), inline, or auto (inline if a full batch takes < 2 ms on CPU)",
-        lambda v: v in {"auto", "inline", "thread"},
-        "must be auto, inline or thread",
-    ),
-    Setting("half_precision", "MODEL_HALF_PRECISION", _bool, "false", "run the model in float16 (cuda only)"),
-    Setting(
-        "model_quantize",
-        "MODEL_QUANTIZE",
-        str,
-        "none",
-        "none, or dynamic-int8: Linear layers with int8 weights (CPU, torch models; see benchmarks/MODEL_FORMATS.md)",
-        lambda v: v in {"none", "dynamic-int8"},
-        "must be none or dynamic-int8",
-    ),
-    Setting(
-        "model_compile",
-        "MODEL_COMPILE",
-        _bool,
-        "false",
-        "torch.compile each model at load (slower start; see benchmarks/MODEL_FORMATS.md for when it pays)",
-    ),
-    Setting(
-        "torch_threads",
-        "TORCH_THREADS",
-        int,
-        "0",
-        "CPU threads for torch; 0 keeps torch's default",
-        _non_negative,
-        "must be >= 0",
-    ),
-    Setting(
-        "max_batch_size",
-        "MAX_BATCH_SIZE",
-        int,
-        "256",
-        "largest batch one model forward takes",
-        _positive,
-        "must be >= 1",
-    ),
-    Setting(
-        "max_wait_ms",
-        "MAX_WAIT_MS",
-        float,
-        "10",
-        "longest a batch waits to fill, from its first record's arrival",
-        _non_negative,
-        "must be >= 0",
-    ),
-    Setting(
-        "batch_retries",
-        "BATCH_RETRIES",
-        int,
-        "1",
-        "retries of a failed batch forward before isolating the failing records",
-        _non_negative,
-        "must be >= 0",
-    ),
-    Setting(
-        "max_in_flight",
-        "MAX_IN_FLIGHT",
-        int,
-        "4096",
-        "records read but not yet acknowledged; consumption waits when it is reached",
-        _positive,
-        "must be >= 1",
-    ),
-    Setting(
-        "max_record_bytes",
-        "MAX_RECORD_BYTES",
-        int,
-        "65536",
-        "input values larger than this are dead-lettered as oversized",
-        _positive,
-        "must be >= 1",
-    ),
-    Setting(
-        "publish_retry_backoff_s",
-        "PUBLISH_RETRY_BACKOFF_S",
-        float,
-        "1.0",
-        "first pause before re-sending a record the broker did not acknowledge (doubles, max 30 s)",
-        _positive,
-        "must be > 0",
-    ),
-    Setting(
-        "processing_guarantee",
-        "PROCESSING_GUARANTEE",
-        str,
-        "at_least_once",
-        "at_least_once, or exactly_once: results, dead letters and input offsets commit in one Kafka "
-        "transaction (read the outputs with isolation.level=read_committed)",
-        lambda v: v in {"at_least_once", "exactly_once"},
-        "must be at_least_once or exactly_once",
-    ),
-    Setting(
-        "transaction_interval_ms",
-        "KAFKA_TRANSACTION_INTERVAL_MS",
-        float,
-        "100",
-        "exactly_once only: how long a transaction collects outputs of one input partition before it commits",
-        _non_negative,
-        "must be >= 0",
-    ),
-    Setting("stats_enabled", "STATS_ENABLED", _bool, "true", "run the windowed statistics agents in this worker"),
-    Setting("stats_topic", "STATS_TOPIC", str, "prediction-stats", "topic WindowStats records go to"),
-    Setting(
-        "stats_window_s",
-        "STATS_WINDOW_S",
-        float,
-        "60",
-        "length of the tumbling statistics windows, seconds",
-        _positive,
-        "must be > 0",
-    ),
-    Setting(
-        "stats_lateness_s",
-        "STATS_LATENESS_S",
-        float,
-        "10",
-        "how late (event time) a prediction may arrive and still count in its window",
-        _non_negative,
-        "must be >= 0",
-    ),
-    Setting(
-        "stats_idle_grace_s",
-        "STATS_IDLE_GRACE_S",
-        float,
-        "30",
-        "after this long without traffic, event time follows the wall clock so idle windows close",
-        _positive,
-        "must be > 0",
-    ),
-    Setting(
-        "web_host",
-        "WEB_HOST",
-        str,
-        "127.0.0.1",
-        "bind address of the web server (/health, /ready, /models, /stats, /metrics)",
-    ),
-    Setting(
-        "web_port",
-        "WEB_PORT",
-        int,
-        "6066",
-        "port of the web server",
-        lambda v: 0 < v < 65536,
-        "must be a TCP port (1-65535)",
-    ),
-    Setting("data_dir", "WORKER_DATA_DIR", Path, ".worker-data", "Faust's data folder (table state)"),
-    Setting(
-        "log_level",
-        "LOG_LEVEL",
-        str,
-        "info",
-        "debug, info, warning or error",
-        lambda v: v.lower() in {"debug", "info", "warning", "error"},
-        "must be debug, info, warning or error",
-    ),
-)
+_NO_SUCH_FILE = (lambda path: path is None or path.is_file(), "no such file")
 
 
 @dataclass(frozen=True)
-class Settings:
-    bootstrap_servers: str
-    security_protocol: str
-    sasl_mechanism: str
-    sasl_username: str
-    sasl_password: Secret
-    ssl_cafile: Path | None
-    ssl_certfile: Path | None
-    ssl_keyfile: Path | None
-    ssl_key_password: Secret
-    ssl_check_hostname: bool
-    app_id: str
-    input_topic: str
-    output_topic: str
-    dead_letter_topic: str
-    session_timeout_s: float
-    topic_partitions: int
-    model_dir: Path
-    model_names: tuple[str, ...]
-    model_version: str
-    model_routing: str
-    routing_file: Path | None
-    model_poll_interval_s: float
-    shadow_topic: str
-    result_cache_size: int
-    result_cache_ttl_s: float
-    device: str
-    model_execution: str
-    half_precision: bool
-    model_quantize: str
-    model_compile: bool
-    torch_threads: int
-    max_batch_size: int
-    max_wait_ms: float
-    batch_retries: int
-    max_in_flight: int
-    max_record_bytes: int
-    publish_retry_backoff_s: float
-    processing_guarantee: str
-    transaction_interval_ms: float
-    stats_enabled: bool
-    stats_topic: str
-    stats_window_s: float
-    stats_lateness_s: float
-    stats_idle_grace_s: float
-    web_host: str
-    web_port: int
-    data_dir: Path
-    log_level: str
+class KafkaSettings:
+    """Broker connection, security, group membership, and how outputs and offsets are committed."""
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        env = os.environ if environ is None else environ
-        values = {s.field: _parse(s, env.get(s.env, s.default)) for s in SETTINGS}
-        values.update(overrides)
-        _check_security(values)
-        return cls(**values)
-
-    @property
-    def default_model(self) -> str:
-        return self.model_names[0]
+    bootstrap_servers: str = setting(
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "127.0.0.1:9092",
+        "Kafka brokers, comma-separated host:port",
+        (lambda v: bool(v.strip()), "must not be empty"),
+    )
+    security_protocol: str = setting(
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "how clients talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        one_of(*SECURITY_PROTOCOLS),
+    )
+    sasl_mechanism: str = setting(
+        "KAFKA_SASL_MECHANISM",
+        "PLAIN",
+        "SASL mechanism (SASL_* protocols): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        one_of(*SASL_MECHANISMS),
+    )
+    sasl_username: str = setting("KAFKA_SASL_USERNAME", "", "SASL user name (SASL_* protocols)")
+    sasl_password: Secret = setting("KAFKA_SASL_PASSWORD", "", "SASL password (SASL_* protocols); never logged")
+    ssl_cafile: Path | None = setting(
+        "KAFKA_SSL_CAFILE",
+        "",
+        "PEM file of the CAs that signed the brokers' certificates; empty: the system's CAs",
+        _NO_SUCH_FILE,
+    )
+    ssl_certfile: Path | None = setting(
+        "KAFKA_SSL_CERTFILE",
+        "",
+        "PEM client certificate, for brokers that require TLS client authentication",
+        _NO_SUCH_FILE,
+    )
+    ssl_keyfile: Path | None = setting(
+        "KAFKA_SSL_KEYFILE", "", "PEM private key of KAFKA_SSL_CERTFILE (when not inside it)", _NO_SUCH_FILE
+    )
+    ssl_key_password: Secret = setting("KAFKA_SSL_KEY_PASSWORD", "", "password of KAFKA_SSL_KEYFILE; never logged")
+    ssl_check_hostname: bool = setting(
+        "KAFKA_SSL_CHECK_HOSTNAME", "true", "check that a broker's certificate names the host connected to"
+    )
+    session_timeout_s: float = setting(
+        "KAFKA_SESSION_TIMEOUT_S",
+        "30",
+        "a worker silent this long leaves the consumer group and its partitions move (3-300 s)",
+        (lambda v: 3 <= v <= 300, "must be between 3 and 300 seconds"),
+    )
+    processing_guarantee: str = setting(
+        "PROCESSING_GUARANTEE",
+        "at_least_once",
+        "at_least_once, or exactly_once: results, dead letters and input offsets commit in one Kafka "
+        "transaction (read the outputs with isolation.level=read_committed)",
+        one_of("at_least_once", "exactly_once"),
+    )
+    transaction_interval_ms: float = setting(
+        "KAFKA_TRANSACTION_INTERVAL_MS",
+        "100",
+        "exactly_once only: how long a transaction collects outputs of one input partition before it commits",
+        at_least(0),
+    )
+    publish_retry_backoff_s: float = setting(
+        "PUBLISH_RETRY_BACKOFF_S",
+        "1.0",
+        "first pause before re-sending a record the broker did not acknowledge (doubles, max 30 s)",
+        above(0),
+    )
 
     @property
     def exactly_once(self) -> bool:
         return self.processing_guarantee == "exactly_once"
 
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """The topics the worker reads and writes, and the width of those it creates."""
+
+    input_topic: str = setting("INPUT_TOPIC", "events", "topic of PredictionEvent records")
+    output_topic: str = setting("OUTPUT_TOPIC", "predictions", "topic PredictionResult records go to")
+    dead_letter_topic: str = setting(
+        "DEAD_LETTER_TOPIC",
+        "events.dlq",
+        "topic records that cannot be predicted go to, untouched, with the reason in headers",
+    )
+    shadow_topic: str = setting(
+        "SHADOW_TOPIC", "predictions.shadow", "topic shadow versions' results go to (never the predictions topic)"
+    )
+    stats_topic: str = setting("STATS_TOPIC", "prediction-stats", "topic WindowStats records go to")
+    topic_partitions: int = setting(
+        "TOPIC_PARTITIONS",
+        "4",
+        "partitions for topics the worker creates, the input topic too when missing; internal topics follow the input",
+        at_least(1),
+    )
 
 
-def _parse(setting: Setting, raw: str) -> Any:
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which models serve, from where, routed how, and how they run."""
+
+    model_dir: Path = setting(
+        "MODEL_DIR",
+        str(REPO_ROOT / "models"),
+        "model registry root: <MODEL_DIR>/<name>/<version>/ holding metadata.json and the artifact",
+    )
+    model_names: tuple[str, ...] = setting(
+        "MODEL_NAMES",
+        "breast-cancer",
+        "models to load, comma-separated; the first is the default for events without 'model'",
+        (bool, "must name at least one model"),
+    )
+    model_version: str = setting(
+        "MODEL_VERSION",
+        "latest",
+        "version serving every model in MODEL_NAMES without a route ('latest' follows the registry's highest)",
+    )
+    model_routing: str = setting(
+        "MODEL_ROUTING",
+        "",
+        'routes as JSON, e.g. {"breast-cancer": {"split": {"1": 90, "2": 10}, "shadow": ["3"]}}',
+    )
+    routing_file: Path | None = setting(
+        "ROUTING_FILE", "", "JSON file of routes (as MODEL_ROUTING, which it overrides per model); re-read at run time"
+    )
+    model_poll_interval_s: float = setting(
+        "MODEL_POLL_INTERVAL_S",
+        "10",
+        "how often to look for new model versions and routing changes (0: only on POST /models/reload)",
+        at_least(0),
+    )
+    device: str = setting(
+        "MODEL_DEVICE",
+        "auto",
+        "torch device: auto (cuda when available), cpu or cuda[:N]",
+        (lambda v: v == "auto" or v == "cpu" or v.startswith("cuda"), "must be auto, cpu or cuda[:N]"),
+    )
+    model_execution: str = setting(
+        "MODEL_EXECUTION",
+        "auto",
+        "where forwards run: thread (off the event loop), inline, or auto (inline if a full batch takes < 2 ms on CPU)",
+        one_of("auto", "inline", "thread"),
+    )
+    half_precision: bool = setting("MODEL_HALF_PRECISION", "false", "run the model in float16 (cuda only)")
+    model_quantize: str = setting(
+        "MODEL_QUANTIZE",
+        "none",
+        "none, or dynamic-int8: Linear layers with int8 weights (CPU, torch models; see benchmarks/MODEL_FORMATS.md)",
+        one_of("none", "dynamic-int8"),
+    )
+    model_compile: bool = setting(
+        "MODEL_COMPILE",
+        "false",
+        "torch.compile each model at load (slower start; see benchmarks/MODEL_FORMATS.md for when it pays)",
+    )
+    torch_threads: int = setting("TORCH_THREADS", "0", "CPU threads for torch; 0 keeps torch's default", at_least(0))
+
+    @property
+    def default_model(self) -> str:
+        return self.model_names[0]
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """How records are admitted, batched into forwards and held in flight."""
+
+    max_batch_size: int = setting("MAX_BATCH_SIZE", "256", "largest batch one model forward takes", at_least(1))
+    max_wait_ms: float = setting(
+        "MAX_WAIT_MS", "10", "longest a batch waits to fill, from its first record's arrival", at_least(0)
+    )
+    batch_retries: int = setting(
+        "BATCH_RETRIES", "1", "retries of a failed batch forward before isolating the failing records", at_least(0)
+    )
+    max_in_flight: int = setting(
+        "MAX_IN_FLIGHT",
+        "4096",
+        "records read but not yet acknowledged; consumption waits when it is reached",
+        at_least(1),
+    )
+    max_record_bytes: int = setting(
+        "MAX_RECORD_BYTES", "65536", "input values larger than this are dead-lettered as oversized", at_least(1)
+    )
+    result_cache_size: int = setting(
+        "RESULT_CACHE_SIZE",
+        "0",
+        "results kept per worker in an LRU cache keyed by (model, version, input); 0 turns it off",
+        at_least(0),
+    )
+    result_cache_ttl_s: float = setting("RESULT_CACHE_TTL_S", "300", "seconds a cached result stays valid", above(0))
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """The windowed statistics agents."""
+
+    stats_enabled: bool = setting("STATS_ENABLED", "true", "run the windowed statistics agents in this worker")
+    stats_window_s: float = setting(
+        "STATS_WINDOW_S", "60", "length of the tumbling statistics windows, seconds", above(0)
+    )
+    stats_lateness_s: float = setting(
+        "STATS_LATENESS_S",
+        "10",
+        "how late (event time) a prediction may arrive and still count in its window",
+        at_least(0),
+    )
+    stats_idle_grace_s: float = setting(
+        "STATS_IDLE_GRACE_S",
+        "30",
+        "after this long without traffic, event time follows the wall clock so idle windows close",
+        above(0),
+    )
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The web server: /health, /ready, /models, /stats, /metrics."""
+
+    web_host: str = setting(
+        "WEB_HOST", "127.0.0.1", "bind address of the web server (/health, /ready, /models, /stats, /metrics)"
+    )
+    web_port: int = setting(
+        "WEB_PORT", "6066", "port of the web server", (lambda v: 0 < v < 65536, "must be a TCP port (1-65535)")
+    )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The worker process: its identity, state folder and logging."""
+
+    app_id: str = setting(
+        "WORKER_APP_ID", "inference-worker", "Faust app id; also the Kafka consumer group shared by all replicas"
+    )
+    data_dir: Path = setting("WORKER_DATA_DIR", ".worker-data", "Faust's data folder (table state)")
+    log_level: str = setting(
+        "LOG_LEVEL",
+        "info",
+        "debug, info, warning or error",
+        (lambda v: v.lower() in {"debug", "info", "warning", "error"}, "must be debug, info, warning or error"),
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings
+    topics: TopicSettings
+    models: ModelSettings
+    batching: BatchingSettings
+    stats: StatsSettings
+    web: WebSettings
+    worker: WorkerSettings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        sections = {section.name: _read_section(_section_type(section), env) for section in dataclasses.fields(cls)}
+        _check_security(sections["kafka"])
+        return cls(**sections)
+
+
+def _section_type(section: dataclasses.Field[Any]) -> type[Any]:
+    hinted: type[Any] = typing.get_type_hints(Settings)[section.name]
+    return hinted
+
+
+def _read_section(section: type[Any], env: Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(section)
+    values = {}
+    for name, declaration in _declarations(section):
+        raw = env.get(declaration.env, declaration.default)
+        values[name] = _parse(declaration, _parser(hints[name]), raw)
+    return section(**values)
+
+
+def _declarations(section: type[Any]) -> Iterator[tuple[str, Declaration]]:
+    for field in dataclasses.fields(section):
+        yield field.name, field.metadata["setting"]
+
+
+def _parser(hint: Any) -> Callable[[str], Any]:
+    """How a raw environment value becomes the field's type."""
+    if hint is bool:
+        return _bool
+    if hint == tuple[str, ...]:
+        return _names
+    if isinstance(hint, types.UnionType):  # X | None: empty means None
+        inner = _parser(next(arg for arg in typing.get_args(hint) if arg is not type(None)))
+        return lambda raw: inner(raw) if raw.strip() else None
+    if hint in (str, int, float, Path, Secret):
+        parse: Callable[[str], Any] = hint
+        return parse
+    raise TypeError(f"no parser for settings of type {hint!r}")
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (use true or false)")
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
+def _parse(declaration: Declaration, parse: Callable[[str], Any], raw: str) -> Any:
+    if declaration.env in UPPERCASE:
+        raw = raw.strip().upper()
     try:
-        value = setting.parse(raw)
+        value = parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{setting.env}={raw!r} is invalid: {exc}") from None
-    if not setting.check(value):
-        raise ConfigError(f"{setting.env}={raw!r} is invalid: {setting.requirement}")
+        raise ConfigError(f"{declaration.env}={raw!r} is invalid: {exc}") from None
+    if declaration.check is not None and not declaration.check(value):
+        raise ConfigError(f"{declaration.env}={raw!r} is invalid: {declaration.requirement}")
     return value
 
 
-def _check_security(values: Mapping[str, Any]) -> None:
+UPPERCASE = {"KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM"}
+"""Settings read case-insensitively, as Kafka's clients do."""
+
+
+def _check_security(kafka: KafkaSettings) -> None:
     """Settings that contradict each other would fail later and less clearly, or silently connect
     without the intended protection."""
-    protocol = values["security_protocol"]
+    values = dataclasses.asdict(kafka)
+    protocol = kafka.security_protocol
     if protocol.startswith("SASL_"):
         missing = [env for env, field in SASL_CREDENTIALS if not values[field]]
         if missing:
@@ -542,7 +431,7 @@ def _check_security(values: Mapping[str, Any]) -> None:
                 f"{' and '.join(given)} set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS: "
                 "use SSL or SASL_SSL, or unset them"
             )
-    if values["ssl_keyfile"] is not None and values["ssl_certfile"] is None:
+    if kafka.ssl_keyfile is not None and kafka.ssl_certfile is None:
         raise ConfigError("KAFKA_SSL_KEYFILE set without KAFKA_SSL_CERTFILE: set the certificate too")
 
 
@@ -554,7 +443,26 @@ SSL_FILES = (
 )
 
 
+def declarations() -> Iterator[tuple[str, Declaration]]:
+    """Every setting, section by section: (section name, declaration)."""
+    for section in dataclasses.fields(Settings):
+        for _, declaration in _declarations(_section_type(section)):
+            yield section.name, declaration
+
+
 def describe() -> str:
     """The settings as help text: one line per environment variable, with its default."""
-    width = max(len(s.env) for s in SETTINGS)
-    return "\n".join(f"  {s.env:<{width}}  {s.help} (default: {s.default})" for s in SETTINGS)
+    width = max(len(declaration.env) for _, declaration in declarations())
+    return "\n".join(f"  {d.env:<{width}}  {d.help} (default: {d.default})" for _, d in declarations())
+
+
+def markdown_table() -> str:
+    """The settings as the README's table (``make settings-table`` rewrites it there)."""
+    rows = ["| section | variable | default | meaning |", "|---|---|---|---|"]
+    for section, d in declarations():
+        default = f"`{d.default}`" if d.default else "(empty)"
+        if d.env == "MODEL_DIR":
+            default = "`models/` of the checkout"
+        meaning = d.help.replace("|", r"\|")
+        rows.append(f"| {section} | `{d.env}` | {default} | {meaning} |")
+    return "\n".join(rows)

@@ -28,6 +28,7 @@ from app.kafka.transactions import TransactionalPublisher
 from app.kafka.transport import BatchingConsumer, InputBatch, WorkerApp
 from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
+from app.models.registry import ModelRegistry
 from app.pipeline.inference import InboundRecord, InferencePipeline
 from app.records.events import SourceRef
 from app.settings import Settings
@@ -45,9 +46,9 @@ def load_catalog(settings: Settings, metrics: Metrics) -> ModelCatalog:
     """Load and warm every routed model version; raises ModelLoadError or ConfigError with one line."""
     import torch
 
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    catalog = ModelCatalog(settings, metrics)
+    if settings.models.torch_threads:
+        torch.set_num_threads(settings.models.torch_threads)
+    catalog = ModelCatalog(settings.models, settings.batching.max_batch_size, metrics)
     catalog.load()
     return catalog
 
@@ -81,12 +82,12 @@ def create_app(
     feed are partitioned alike (a changelog partition per input partition)."""
     metrics = metrics or Metrics()
     catalog = load_catalog(settings, metrics) if catalog is None else catalog
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    settings.worker.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = WorkerApp(
-        settings.app_id,
-        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
-        broker_credentials=broker_credentials(settings),
-        datadir=str(settings.data_dir),
+        settings.worker.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.kafka.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings.kafka),
+        datadir=str(settings.worker.data_dir),
         topic_partitions=input_partitions,
         key_serializer="raw",
         value_serializer="raw",
@@ -96,19 +97,19 @@ def create_app(
         # faust's settings read PROCESSING_GUARANTEE from the environment too, over any argument; its
         # own exactly_once does not cover outputs sent outside its producer: off (see app.kafka.transactions).
         env={name: value for name, value in os.environ.items() if name != "PROCESSING_GUARANTEE"},
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.session_timeout_s / 10,
-        web_host=settings.web_host,
-        web_bind=settings.web_host,
-        web_port=settings.web_port,
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=settings.kafka.session_timeout_s / 10,
+        web_host=settings.web.web_host,
+        web_bind=settings.web.web_host,
+        web_port=settings.web.web_port,
         web_in_thread=False,
     )
-    state = WorkerState(catalog, settings.input_topic)
-    input_topic = app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
+    state = WorkerState(catalog, settings.topics.input_topic)
+    input_topic = app.topic(settings.topics.input_topic, key_serializer="raw", value_serializer="raw")
     sink_topics = [
         app.topic(name, key_serializer="raw", value_serializer="raw")
-        for name in worker_topics(settings)
-        if name != settings.input_topic
+        for name in worker_topics(settings.topics)
+        if name != settings.topics.input_topic
     ]
 
     async def send(record: OutboundRecord) -> Awaitable[Any]:
@@ -124,18 +125,31 @@ def create_app(
         crashes.add(future)  # keep a reference until it ran
         future.add_done_callback(crashes.discard)
 
-    transactions = exactly_once(app, settings, crash) if settings.exactly_once else None
-    stats = StatsAgents(app, settings, send, metrics, input_partitions) if settings.stats_enabled else None
+    transactions = exactly_once(app, settings, crash) if settings.kafka.exactly_once else None
+    stats = None
+    if settings.stats.stats_enabled:
+        registry = ModelRegistry(settings.models.model_dir)
+        backoff_s = settings.kafka.publish_retry_backoff_s
+        stats = StatsAgents(app, settings.stats, settings.topics, registry, send, metrics, input_partitions, backoff_s)
     input_batches = app.route_batches(input_topic, maxsize=INPUT_BATCHES_BUFFERED)
 
     @app.agent(input_batches, name="predict")
     async def predict(stream: faust.StreamT[InputBatch]) -> None:
         for topic in sink_topics:
             await topic.maybe_declare()
-        producer = transactions or OutputProducer(settings.bootstrap_servers, **client_config(settings))
+        producer = transactions or OutputProducer(settings.kafka.bootstrap_servers, **client_config(settings.kafka))
         await producer.start()
         observe = stats.record if stats is not None else None
-        pipeline = InferencePipeline(settings, catalog, producer, on_crash=crash, metrics=metrics, observe=observe)
+        pipeline = InferencePipeline(
+            settings.batching,
+            settings.topics,
+            catalog,
+            producer,
+            settings.kafka.publish_retry_backoff_s,
+            on_crash=crash,
+            metrics=metrics,
+            observe=observe,
+        )
         pipeline.start()
         consumer = cast(BatchingConsumer, app.consumer)
         ack = consumer.ack
@@ -159,16 +173,16 @@ def create_app(
         log.info("rebalance complete; assigned: %s", ", ".join(sorted(map(str, state.assigned))) or "nothing")
 
     async def report_lag() -> None:
-        update_consumer_lag(app, metrics, settings.input_topic)
+        update_consumer_lag(app, metrics, settings.topics.input_topic)
 
     app.timer(LAG_INTERVAL_S)(report_lag)
 
-    if settings.model_poll_interval_s:
+    if settings.models.model_poll_interval_s:
 
         async def refresh_models() -> None:
             await catalog.refresh()
 
-        app.timer(settings.model_poll_interval_s)(refresh_models)
+        app.timer(settings.models.model_poll_interval_s)(refresh_models)
 
     metrics.worker_up.set(1)
     register_views(app, state, stats, metrics)
@@ -189,20 +203,20 @@ def exactly_once(app: WorkerApp, settings: Settings, crash: Callable[[BaseExcept
     Statistics agents stay outside these transactions; they read read_committed like the rest.
     """
     app.read_committed = True
-    app.transactional_offsets.add(settings.input_topic)
+    app.transactional_offsets.add(settings.topics.input_topic)
     publisher = TransactionalPublisher(
-        settings.bootstrap_servers,
-        settings.app_id,
-        settings.transaction_interval_ms / 1000.0,
-        settings.publish_retry_backoff_s,
+        settings.kafka.bootstrap_servers,
+        settings.worker.app_id,
+        settings.kafka.transaction_interval_ms / 1000.0,
+        settings.kafka.publish_retry_backoff_s,
         crash,
-        **client_config(settings),
+        **client_config(settings.kafka),
     )
 
     # Runs after faust waited for every taken record to be acked (committed), and before it seeks
     # to the committed offsets: the new producers fence a previous owner and end its transactions.
     async def own_transactions(assigned: set[Any]) -> None:
-        await publisher.assign((tp.topic, tp.partition) for tp in assigned if tp.topic == settings.input_topic)
+        await publisher.assign((tp.topic, tp.partition) for tp in assigned if tp.topic == settings.topics.input_topic)
 
     app.on_assigning.append(own_transactions)
     return publisher

@@ -26,7 +26,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 
 from app.errors import ConfigError
-from app.settings import SSL_FILES, Settings
+from app.settings import SSL_FILES, KafkaSettings
 
 if TYPE_CHECKING:
     import faust
@@ -50,56 +50,56 @@ def hide_sasl_exchange() -> None:
     logging.getLogger("aiokafka.conn").addFilter(_hide_sasl_exchange)
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
     """The TLS context for SSL and SASL_SSL (certificates verified, against KAFKA_SSL_CAFILE if set)."""
-    if not settings.security_protocol.endswith("SSL"):
+    if not kafka.security_protocol.endswith("SSL"):
         return None
     try:
         context: ssl.SSLContext = create_ssl_context(
-            cafile=settings.ssl_cafile,
-            certfile=settings.ssl_certfile,
-            keyfile=settings.ssl_keyfile,
-            password=settings.ssl_key_password.get_secret_value() or None,
+            cafile=kafka.ssl_cafile,
+            certfile=kafka.ssl_certfile,
+            keyfile=kafka.ssl_keyfile,
+            password=kafka.ssl_key_password.get_secret_value() or None,
         )
     except (ssl.SSLError, OSError) as exc:
-        given = [(env, getattr(settings, field)) for env, field in SSL_FILES]
+        given = [(env, getattr(kafka, field)) for env, field in SSL_FILES]
         files = ", ".join(f"{env}={path}" for env, path in given if path is not None)
         raise ConfigError(f"cannot load the TLS files ({files or 'system CAs'}): {exc}") from None
-    context.check_hostname = settings.ssl_check_hostname
+    context.check_hostname = kafka.ssl_check_hostname
     return context
 
 
-def client_config(settings: Settings) -> dict[str, Any]:
+def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     """Keyword arguments for AIOKafkaProducer, AIOKafkaConsumer and AIOKafkaAdminClient."""
-    config: dict[str, Any] = {"security_protocol": settings.security_protocol}
-    context = ssl_context(settings)
+    config: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    context = ssl_context(kafka)
     if context is not None:
         config["ssl_context"] = context
-    if settings.security_protocol.startswith("SASL_"):
-        config["sasl_mechanism"] = settings.sasl_mechanism
-        config["sasl_plain_username"] = settings.sasl_username
-        config["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    if kafka.security_protocol.startswith("SASL_"):
+        config["sasl_mechanism"] = kafka.sasl_mechanism
+        config["sasl_plain_username"] = kafka.sasl_username
+        config["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
     return config
 
 
-def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+def broker_credentials(kafka: KafkaSettings) -> faust.SASLCredentials | faust.SSLCredentials | None:
     """faust's ``broker_credentials``; SASLCredentials with a context means SASL_SSL, without it SASL_PLAINTEXT."""
     import faust  # here: the other clients and the CLI's quick paths need no faust
 
-    context = ssl_context(settings)
-    if settings.security_protocol.startswith("SASL_"):
+    context = ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL_"):
         return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.get_secret_value(),
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
             ssl_context=context,
-            mechanism=settings.sasl_mechanism,
+            mechanism=kafka.sasl_mechanism,
         )
     if context is not None:
         return faust.SSLCredentials(context)
     return None
 
 
-async def explain_connection_failure(settings: Settings) -> str | None:
+async def explain_connection_failure(kafka: KafkaSettings) -> str | None:
     """Why the brokers refused the connection, when it is the credentials, TLS or a listener of
     another protocol; None when it is something else (nothing listening, a timeout).
 
@@ -109,9 +109,9 @@ async def explain_connection_failure(settings: Settings) -> str | None:
     from aiokafka.conn import create_conn  # no public API opens a single authenticated connection
     from aiokafka.protocol.metadata import MetadataRequest
 
-    config = client_config(settings)
-    mismatch = f"check that the listener expects KAFKA_SECURITY_PROTOCOL={settings.security_protocol}"
-    for server in (s.strip() for s in settings.bootstrap_servers.split(",")):
+    config = client_config(kafka)
+    mismatch = f"check that the listener expects KAFKA_SECURITY_PROTOCOL={kafka.security_protocol}"
+    for server in (s.strip() for s in kafka.bootstrap_servers.split(",")):
         host, _, port = server.rpartition(":")
         conn: Any = None
         try:
@@ -126,8 +126,8 @@ async def explain_connection_failure(settings: Settings) -> str | None:
             return f"{server} is not a SASL listener: {mismatch}"
         except SASL_REFUSED as exc:
             return (
-                f"{server} refused the SASL {settings.sasl_mechanism} login of "
-                f"KAFKA_SASL_USERNAME={settings.sasl_username!r} ({type(exc).__name__}): "
+                f"{server} refused the SASL {kafka.sasl_mechanism} login of "
+                f"KAFKA_SASL_USERNAME={kafka.sasl_username!r} ({type(exc).__name__}): "
                 "check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
             )
         except (ConnectionResetError, KafkaConnectionError):

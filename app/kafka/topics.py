@@ -14,21 +14,21 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 
 from app.errors import ConfigError
-from app.settings import Settings
+from app.settings import TopicSettings
 
 log = logging.getLogger(__name__)
 
 METADATA_WAIT_S = 10.0  # how long topics just created may take to show in the brokers' metadata
 
 
-def worker_topics(settings: Settings) -> tuple[str, ...]:
+def worker_topics(topics: TopicSettings) -> tuple[str, ...]:
     """The topics a worker reads and writes, besides Faust's internal ones."""
     return (
-        settings.input_topic,
-        settings.output_topic,
-        settings.dead_letter_topic,
-        settings.stats_topic,
-        settings.shadow_topic,
+        topics.input_topic,
+        topics.output_topic,
+        topics.dead_letter_topic,
+        topics.stats_topic,
+        topics.shadow_topic,
     )
 
 

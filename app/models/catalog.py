@@ -28,7 +28,7 @@ from app.models.metadata import ENSEMBLE_FORMAT
 from app.models.registry import ModelRegistry
 from app.models.routing import LATEST, Route, parse_routing, pick_version
 from app.models.runner import ModelRunner, Runner, pick_device
-from app.settings import Settings
+from app.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,10 @@ class LoadFailure:
 
 
 class ModelCatalog:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: ModelSettings, warm_up_batch_size: int, metrics: Metrics | None = None) -> None:
+        """``warm_up_batch_size``: the largest batch a forward will take (MAX_BATCH_SIZE), run once at warm-up."""
         self._settings = settings
+        self._warm_up_batch_size = warm_up_batch_size
         self._metrics = metrics or Metrics()
         self._registry = ModelRegistry(settings.model_dir)
         self._device = pick_device(settings.device)
@@ -178,7 +180,6 @@ class ModelCatalog:
             self._install(runner)
 
     def _load_runner(self, name: str, version: str) -> Runner:
-        settings = self._settings
         metadata = self._registry.metadata(name, version)
         runner: Runner
         if metadata.format == ENSEMBLE_FORMAT:
@@ -186,7 +187,7 @@ class ModelCatalog:
             runner = EnsembleRunner(metadata, [(m, self._model_runner(m.name, m.version)) for m in members])
         else:
             runner = self._model_runner(name, version)
-        runner.warm_up(settings.max_batch_size)
+        runner.warm_up(self._warm_up_batch_size)
         return runner
 
     def _model_runner(self, name: str, version: str) -> ModelRunner:

@@ -34,7 +34,7 @@ from app.records.dead_letters import Headers, dead_letter_headers
 from app.records.events import PredictionEvent, SourceRef, parse_event
 from app.records.observations import Observation, source_name
 from app.records.results import build_result, encode_result
-from app.settings import Settings
+from app.settings import BatchingSettings, TopicSettings
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +115,18 @@ class Credits:
 class InferencePipeline:
     def __init__(
         self,
-        settings: Settings,
+        batching: BatchingSettings,
+        topics: TopicSettings,
         catalog: ModelCatalog,
         publisher: Publisher,
+        retry_backoff_s: float,
         on_crash: Callable[[BaseException], Any] | None = None,
         metrics: Metrics | None = None,
         observe: Observe | None = None,
     ) -> None:
-        self._settings = settings
+        """``retry_backoff_s``: the first pause before re-sending an output the broker did not acknowledge."""
+        self._batching = batching
+        self._topics = topics
         self._catalog = catalog
         self._publisher = publisher
         self._on_crash = on_crash
@@ -135,17 +139,15 @@ class InferencePipeline:
         self._retiring: set[Runner] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self._cache: ResultCache[ModelOutput] | None = None
-        if settings.result_cache_size:
-            self._cache = ResultCache(settings.result_cache_size, settings.result_cache_ttl_s)
-        self._credits = Credits(settings.max_in_flight)
+        if batching.result_cache_size:
+            self._cache = ResultCache(batching.result_cache_size, batching.result_cache_ttl_s)
+        self._credits = Credits(batching.max_in_flight)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._to_emit: asyncio.Queue[list[_Work]] = asyncio.Queue()
         self._to_ack: asyncio.Queue[tuple[list[_Work | Runner], Awaitable[None] | None]] = asyncio.Queue()
-        self._confirmer = InOrderConfirmer[_Work | Runner](
-            publisher.send, self._done, settings.publish_retry_backoff_s, "pipeline"
-        )
+        self._confirmer = InOrderConfirmer[_Work | Runner](publisher.send, self._done, retry_backoff_s, "pipeline")
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -228,16 +230,16 @@ class InferencePipeline:
 
         return MicroBatcher(
             forward,
-            max_batch_size=self._settings.max_batch_size,
-            max_wait_s=self._settings.max_wait_ms / 1000.0,
-            retries=self._settings.batch_retries,
+            max_batch_size=self._batching.max_batch_size,
+            max_wait_s=self._batching.max_wait_ms / 1000.0,
+            retries=self._batching.batch_retries,
             on_batch=on_batch,
         )
 
     def _prepare(self, record: InboundRecord, ack: Ack) -> _Work:
         work = _Work(record, ack)
         try:
-            event = work.event = parse_event(record.value, record.source, self._settings.max_record_bytes)
+            event = work.event = parse_event(record.value, record.source, self._batching.max_record_bytes)
             runner, shadows = self._catalog.select(event.model, event.user_id)
             work.runner = runner  # set before the check: a misfit is dead-lettered as meant for this model
             check_input(event, runner)
@@ -289,7 +291,7 @@ class InferencePipeline:
         return True
 
     async def _emit_forever(self) -> None:
-        step = self._settings.max_batch_size
+        step = self._batching.max_batch_size
         while True:
             works = await self._to_emit.get()
             for start in range(0, len(works), step):  # publish each model batch's share as soon as it is done
@@ -325,13 +327,13 @@ class InferencePipeline:
                 work.latency_s = result["latency_ms"] / 1000.0
                 work.output, work.batch_size = batched.value, batched.batch_size
                 return OutboundRecord(
-                    self._settings.output_topic, record.key, encode_result(result), [], source=record.source
+                    self._topics.output_topic, record.key, encode_result(result), [], source=record.source
                 )
         assert work.error is not None
         log.warning("dead-lettering %s: %s: %s", record.source, work.error.error_class, work.error.reason)
-        runner = work.runner or self._catalog.serving(self._settings.default_model)
+        runner = work.runner or self._catalog.serving(self._catalog.default_model)
         headers = dead_letter_headers(work.error, record.source, record.headers, runner.metadata)
-        dead_letter = self._settings.dead_letter_topic
+        dead_letter = self._topics.dead_letter_topic
         return OutboundRecord(dead_letter, record.key, record.value, headers, record.timestamp_ms, source=record.source)
 
     async def _shadow_outbounds(self, work: _Work) -> list[tuple[Runner, OutboundRecord]]:
@@ -352,7 +354,7 @@ class InferencePipeline:
             result = build_result(work.event, batched.value, metadata, batched.batch_size, work.record.source)
             result["shadow"] = True
             value = encode_result(result)
-            shadow = OutboundRecord(self._settings.shadow_topic, work.record.key, value, [], source=work.record.source)
+            shadow = OutboundRecord(self._topics.shadow_topic, work.record.key, value, [], source=work.record.source)
             outbounds.append((runner, shadow))
         return outbounds
 
@@ -408,7 +410,7 @@ class InferencePipeline:
         record = work.record
         source = source_name(record.source.topic, record.source.partition)
         if work.error is not None or work.output is None or work.event is None:
-            metadata = (work.runner or self._catalog.serving(self._settings.default_model)).metadata
+            metadata = (work.runner or self._catalog.serving(self._catalog.default_model)).metadata
             event_time_ms = record.timestamp_ms if record.timestamp_ms is not None else time.time() * 1000.0
             return Observation(metadata.name, metadata.version, event_time_ms, source, record.source.offset, True)
         assert work.runner is not None

@@ -47,7 +47,7 @@ from app.kafka.transport import BatchingConsumer, WorkerApp
 from app.metrics import Metrics
 from app.models.registry import ModelRegistry
 from app.records.observations import Observation, source_name
-from app.settings import Settings
+from app.settings import StatsSettings, TopicSettings
 from app.stats.windows import WindowAggregate, window_key, window_start_ms, window_stats
 
 log = logging.getLogger(__name__)
@@ -89,21 +89,33 @@ def source_of(key: bytes) -> str:
 
 
 class StatsAgents:
-    def __init__(self, app: WorkerApp, settings: Settings, send: Send, metrics: Metrics, partitions: int) -> None:
-        """``partitions``: the input topic's partition count, which the tables and feed share."""
+    def __init__(
+        self,
+        app: WorkerApp,
+        settings: StatsSettings,
+        topics: TopicSettings,
+        registry: ModelRegistry,
+        send: Send,
+        metrics: Metrics,
+        partitions: int,
+        backoff_s: float,
+    ) -> None:
+        """``partitions``: the input topic's partition count, which the tables and feed share;
+        ``registry``: where the models' reference distributions are read; ``backoff_s``: the first
+        pause before re-sending a write the broker did not acknowledge."""
         self.app = app
-        self.settings = settings
         self.metrics = metrics
         self.size_ms = int(settings.stats_window_s * 1000)
         self.lateness_ms = int(settings.stats_lateness_s * 1000)
-        self.registry = ModelRegistry(settings.model_dir)
+        self.registry = registry
+        self._backoff_s = backoff_s
         self.clock = SourceClock(settings.stats_idle_grace_s)
         self._send = send
         self._pending: dict[str, int] = {}  # source -> records submitted to the pipeline, not yet folded in
         self._to_fold: list[tuple[list[Observation], asyncio.Future[None]]] = []
         self._folding_wanted = asyncio.Event()
         self._folder: asyncio.Future[None] | None = None
-        self._source_topic = settings.input_topic
+        self._source_topic = topics.input_topic
         self.partitions = partitions
         # Fold and hand-over both read and write partials across awaits: one at a time, or a fold
         # could add to a partial being handed over, or a hand-over report a watermark past a
@@ -114,13 +126,13 @@ class StatsAgents:
         self.partials = app.Table("stats-partials", partitions=partitions, key_type=bytes)
         self.windows = app.Table("stats-windows", partitions=partitions, key_type=bytes)
         self.feed = app.topic(
-            f"{settings.app_id}-stats-feed",
+            f"{app.conf.id}-stats-feed",
             partitions=partitions,
             internal=True,
             key_serializer="raw",
             value_serializer="raw",
         )
-        self.stats_topic = app.topic(settings.stats_topic, key_serializer="raw", value_serializer="raw")
+        self.stats_topic = app.topic(topics.stats_topic, key_serializer="raw", value_serializer="raw")
         app.agent(self.feed, name="stats-merge")(self._merge)
         app.timer(TICK_INTERVAL_S)(self._tick)
 
@@ -205,7 +217,7 @@ class StatsAgents:
                 return self.partials.send_changelog(partition, key, None, value_serializer="raw")
             return self.partials.send_changelog(partition, key, value)
 
-        backoff_s = self.settings.publish_retry_backoff_s
+        backoff_s = self._backoff_s
         await until_acknowledged(await write(), write, backoff_s, f"changelog write of {key.decode()}")
 
     @staticmethod
@@ -236,7 +248,7 @@ class StatsAgents:
                     publish(
                         self._send,
                         OutboundRecord(self.feed.get_topic_name(), b"watermark", report, [], None, p),
-                        self.settings.publish_retry_backoff_s,
+                        self._backoff_s,
                         f"watermark of {source}",
                     )
                     for p in range(self.partitions)
@@ -254,7 +266,7 @@ class StatsAgents:
                 await publish(
                     self._send,
                     OutboundRecord(self.feed.get_topic_name(), window, body, []),
-                    self.settings.publish_retry_backoff_s,
+                    self._backoff_s,
                     f"partial {key.decode()}",
                 )
                 partial.closed = True
@@ -328,7 +340,7 @@ class StatsAgents:
         total = self.merged(window)
         stats = window_stats(total, self.reference(total.model_name, total.model_version), time.time() * 1000.0)
         outbound = OutboundRecord(self.stats_topic.get_topic_name(), key, orjson.dumps(stats), [])
-        await publish(self._send, outbound, self.settings.publish_retry_backoff_s, f"window {key.decode()}")
+        await publish(self._send, outbound, self._backoff_s, f"window {key.decode()}")
         # Marked closed only once the broker has the record: a crash in between re-publishes it.
         window["closed"] = True
         self.windows[key] = window

@@ -49,9 +49,12 @@ def wait_ready(port: int, worker: subprocess.Popen[bytes], log_path: Path, timeo
 
 async def run_demo(settings: Settings, count: int, rate: float, malformed: float) -> int:
     await ensure_topics(
-        settings.bootstrap_servers, worker_topics(settings), settings.topic_partitions, **client_config(settings)
+        settings.kafka.bootstrap_servers,
+        worker_topics(settings.topics),
+        settings.topics.topic_partitions,
+        **client_config(settings.kafka),
     )
-    log_path = Path(settings.data_dir) / "demo-worker.log"
+    log_path = Path(settings.worker.data_dir) / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
         worker = subprocess.Popen(  # noqa: ASYNC220 - starting the child is quick
@@ -59,8 +62,8 @@ async def run_demo(settings: Settings, count: int, rate: float, malformed: float
         )
         try:
             print(f"demo: worker starting (pid {worker.pid}, log {log_path})")
-            await asyncio.to_thread(wait_ready, settings.web_port, worker, log_path, READY_TIMEOUT_S)
-            print(f"demo: worker ready; /models at http://{settings.web_host}:{settings.web_port}/models")
+            await asyncio.to_thread(wait_ready, settings.web.web_port, worker, log_path, READY_TIMEOUT_S)
+            print(f"demo: worker ready; /models at http://{settings.web.web_host}:{settings.web.web_port}/models")
             return await _feed_and_watch(settings, count, rate, malformed)
         finally:
             worker.send_signal(signal.SIGTERM)
@@ -71,15 +74,17 @@ async def run_demo(settings: Settings, count: int, rate: float, malformed: float
 
 
 async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed: float) -> int:
-    metadata = ModelRegistry(settings.model_dir).metadata(settings.default_model, settings.model_version)
+    metadata = ModelRegistry(settings.models.model_dir).metadata(
+        settings.models.default_model, settings.models.model_version
+    )
     factory = EventFactory(metadata)
-    watched = (settings.output_topic, settings.dead_letter_topic)
-    config = client_config(settings)
-    records = follow(settings.bootstrap_servers, watched, from_beginning=False, idle_timeout_s=60, **config)
+    watched = (settings.topics.output_topic, settings.topics.dead_letter_topic)
+    config = client_config(settings.kafka)
+    records = follow(settings.kafka.bootstrap_servers, watched, from_beginning=False, idle_timeout_s=60, **config)
     first = asyncio.ensure_future(anext(records))  # subscribe before producing, so nothing is missed
     await asyncio.sleep(2.0)
     report = await produce_events(
-        settings.bootstrap_servers, settings.input_topic, factory, count, rate, malformed, **config
+        settings.kafka.bootstrap_servers, settings.topics.input_topic, factory, count, rate, malformed, **config
     )
     print(f"demo: produced {report.sent} events ({report.malformed.total()} malformed) in {report.seconds:.1f}s")
     expected_results = set(report.valid_event_ids)
@@ -91,7 +96,7 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
     shown = 0
     record = await first
     while True:
-        if record.topic == settings.dead_letter_topic:
+        if record.topic == settings.topics.dead_letter_topic:
             dead += 1 if (record.key or b"").startswith(b"bad-") else 0
         else:
             result = orjson.loads(record.value or b"{}")
@@ -100,7 +105,7 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
                 batch_sizes[result["batch_size"]] += 1
                 latencies.append(result["latency_ms"])
         if shown < SHOWN_LINES:
-            print("  " + describe(record, settings.dead_letter_topic))
+            print("  " + describe(record, settings.topics.dead_letter_topic))
             shown += 1
         if seen_results == expected_results and dead >= expected_dead:
             break

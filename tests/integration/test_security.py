@@ -37,12 +37,12 @@ def sasl_env(servers: str, mechanism: str = "SCRAM-SHA-512", password: str = SAS
 
 async def round_trip(settings: Settings, topic: str, count: int) -> tuple[list[str], set[str]]:
     """Produce ``count`` events and read them back, all through the project's own clients."""
-    config = client_config(settings)
-    await ensure_topics(settings.bootstrap_servers, [topic], 2, **config)
+    config = client_config(settings.kafka)
+    await ensure_topics(settings.kafka.bootstrap_servers, [topic], 2, **config)
     factory = EventFactory(ModelRegistry(REPO_ROOT / "models").metadata("breast-cancer"), seed=1)
-    report = await produce_events(settings.bootstrap_servers, topic, factory, count, progress=False, **config)
+    report = await produce_events(settings.kafka.bootstrap_servers, topic, factory, count, progress=False, **config)
     seen: set[str] = set()
-    async for record in follow(settings.bootstrap_servers, [topic], True, 5.0, **config):
+    async for record in follow(settings.kafka.bootstrap_servers, [topic], True, 5.0, **config):
         seen.add(orjson.loads(record.value or b"{}")["event_id"])
         if len(seen) == count:
             break
@@ -74,16 +74,18 @@ def test_a_worker_predicts_over_sasl_and_never_shows_the_password(
     )
     log = tmp_path / "worker.log"
     settings = Settings.from_env(env)
-    config = client_config(settings)
+    config = client_config(settings.kafka)
     with running_worker(env, log) as worker:
         factory = EventFactory(ModelRegistry(REPO_ROOT / "models").metadata("breast-cancer"))
         report = asyncio.run(
-            produce_events(settings.bootstrap_servers, names.input_topic, factory, EVENTS, progress=False, **config)
+            produce_events(
+                settings.kafka.bootstrap_servers, names.input_topic, factory, EVENTS, progress=False, **config
+            )
         )
 
         async def predictions() -> set[str]:
             seen: set[str] = set()
-            async for record in follow(settings.bootstrap_servers, [names.output_topic], True, 30.0, **config):
+            async for record in follow(settings.kafka.bootstrap_servers, [names.output_topic], True, 30.0, **config):
                 seen.add(orjson.loads(record.value or b"{}")["event_id"])
                 if len(seen) == EVENTS:
                     break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -28,7 +29,8 @@ def add_version(root: Path, version: str, source: str = "1", name: str = "breast
 
 
 def catalog_for(root: Path, **overrides: Any) -> ModelCatalog:
-    catalog = ModelCatalog(Settings.from_env({}, model_dir=root, max_batch_size=4, **overrides))
+    models = dataclasses.replace(Settings.from_env({}).models, model_dir=root, **overrides)
+    catalog = ModelCatalog(models, warm_up_batch_size=4)
     catalog.load()
     return catalog
 

@@ -8,6 +8,7 @@ in-flight records are bounded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from app.models.catalog import ModelCatalog
 from app.models.runner import Runner
 from app.pipeline.inference import InboundRecord, InferencePipeline, OutboundRecord
 from app.records.events import SourceRef
-from app.settings import REPO_ROOT, Settings
+from app.settings import REPO_ROOT, ModelSettings, Settings
 
 
 class ManualProducer:
@@ -42,7 +43,7 @@ class ManualProducer:
 
 @pytest.fixture(scope="module")
 def catalog() -> ModelCatalog:
-    catalog = ModelCatalog(Settings.from_env({}, model_version="1", max_batch_size=8))
+    catalog = ModelCatalog(models(model_version="1"), warm_up_batch_size=8)
     catalog.load()
     return catalog
 
@@ -52,8 +53,17 @@ def runner(catalog: ModelCatalog) -> Runner:
     return catalog.serving("breast-cancer")
 
 
-def settings(**overrides: Any) -> Settings:
-    return Settings.from_env({}, **{"max_wait_ms": 1.0, "publish_retry_backoff_s": 0.01, **overrides})
+DEFAULTS = Settings.from_env({})
+
+
+def models(**overrides: Any) -> ModelSettings:
+    return dataclasses.replace(DEFAULTS.models, **overrides)
+
+
+def new_pipeline(catalog: ModelCatalog, producer: Any, **batching: Any) -> InferencePipeline:
+    """A pipeline with the default settings, batches closing after 1 ms unless ``batching`` says otherwise."""
+    settings = dataclasses.replace(DEFAULTS.batching, **{"max_wait_ms": 1.0, **batching})
+    return InferencePipeline(settings, DEFAULTS.topics, catalog, producer, retry_backoff_s=0.01)
 
 
 def record(offset: int, runner: Runner, valid: bool = True) -> InboundRecord:
@@ -71,7 +81,7 @@ async def wait_until(condition: Any, limit_s: float = 5.0) -> None:
 
 async def test_acks_only_after_the_broker_acknowledges(catalog: ModelCatalog, runner: Runner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(), catalog, producer)
+    pipeline = new_pipeline(catalog, producer)
     pipeline.start()
     acked: list[int] = []
     for offset in range(3):
@@ -93,7 +103,7 @@ async def test_acks_only_after_the_broker_acknowledges(catalog: ModelCatalog, ru
 
 async def test_a_failed_delivery_is_resent_before_the_ack(catalog: ModelCatalog, runner: Runner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(), catalog, producer)
+    pipeline = new_pipeline(catalog, producer)
     pipeline.start()
     acked: list[int] = []
     await pipeline.submit(record(0, runner), lambda: acked.append(0))
@@ -110,7 +120,7 @@ async def test_a_failed_delivery_is_resent_before_the_ack(catalog: ModelCatalog,
 
 async def test_in_flight_records_are_bounded(catalog: ModelCatalog, runner: Runner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(max_in_flight=4), catalog, producer)
+    pipeline = new_pipeline(catalog, producer, max_in_flight=4)
     pipeline.start()
     submitted = 0
 
@@ -141,7 +151,7 @@ async def test_in_flight_records_are_bounded(catalog: ModelCatalog, runner: Runn
 
 async def test_results_carry_the_model_version_and_batch(catalog: ModelCatalog, runner: Runner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(max_wait_ms=50.0), catalog, producer)
+    pipeline = new_pipeline(catalog, producer, max_wait_ms=50.0)
     pipeline.start()
     for offset in range(5):
         await pipeline.submit(record(offset, runner), lambda: None)
@@ -171,7 +181,7 @@ def results_on(producer: ManualProducer, topic: str) -> list[dict[str, Any]]:
 
 async def test_a_cache_hit_skips_the_forward_and_says_so(catalog: ModelCatalog, runner: Runner) -> None:
     producer = AckingProducer()
-    pipeline = InferencePipeline(settings(result_cache_size=10), catalog, producer)
+    pipeline = new_pipeline(catalog, producer, result_cache_size=10)
     pipeline.start()
     await pipeline.submit(record(0, runner), lambda: None)
     await pipeline.drain()
@@ -189,14 +199,14 @@ async def test_a_cache_hit_skips_the_forward_and_says_so(catalog: ModelCatalog, 
 @pytest.fixture(scope="module")
 def shadowed() -> ModelCatalog:
     routing = '{"breast-cancer": {"split": {"1": 1}, "shadow": ["2"]}}'
-    catalog = ModelCatalog(Settings.from_env({}, model_routing=routing, max_batch_size=8))
+    catalog = ModelCatalog(models(model_routing=routing), warm_up_batch_size=8)
     catalog.load()
     return catalog
 
 
 async def test_shadow_results_go_to_the_shadow_topic_only(shadowed: ModelCatalog, runner: Runner) -> None:
     producer = ManualProducer()
-    pipeline = InferencePipeline(settings(), shadowed, producer)
+    pipeline = new_pipeline(shadowed, producer)
     pipeline.start()
     acked: list[int] = []
     for offset in range(3):
@@ -228,11 +238,11 @@ async def test_a_switch_between_batches_tags_each_result_with_its_producer(tmp_p
         shutil.copytree(REPO_ROOT / "models" / "breast-cancer" / version, tmp_path / "breast-cancer" / version)
     routing = tmp_path / "routing.json"
     routing.write_text('{"breast-cancer": {"split": {"1": 1}}}')
-    catalog = ModelCatalog(Settings.from_env({}, model_dir=tmp_path, routing_file=routing, max_batch_size=8))
+    catalog = ModelCatalog(models(model_dir=tmp_path, routing_file=routing), warm_up_batch_size=8)
     catalog.load()
     old = catalog.serving("breast-cancer")
     producer = AckingProducer()
-    pipeline = InferencePipeline(settings(max_wait_ms=30.0), catalog, producer)
+    pipeline = new_pipeline(catalog, producer, max_wait_ms=30.0)
     pipeline.start()
     for offset in range(4):
         await pipeline.submit(record(offset, old), lambda: None)

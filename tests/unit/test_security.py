@@ -46,9 +46,9 @@ def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_plaintext_is_the_default_and_adds_nothing() -> None:
     settings = Settings.from_env({})
-    assert settings.security_protocol == "PLAINTEXT"
-    assert client_config(settings) == {"security_protocol": "PLAINTEXT"}
-    assert broker_credentials(settings) is None
+    assert settings.kafka.security_protocol == "PLAINTEXT"
+    assert client_config(settings.kafka) == {"security_protocol": "PLAINTEXT"}
+    assert broker_credentials(settings.kafka) is None
 
 
 def test_sasl_scram_gives_aiokafka_and_faust_the_same_arguments() -> None:
@@ -59,8 +59,8 @@ def test_sasl_scram_gives_aiokafka_and_faust_the_same_arguments() -> None:
         "sasl_plain_username": "alice",
         "sasl_plain_password": PASSWORD,
     }
-    assert client_config(settings) == expected
-    credentials = broker_credentials(settings)
+    assert client_config(settings.kafka) == expected
+    credentials = broker_credentials(settings.kafka)
     assert isinstance(credentials, faust.SASLCredentials)
     # What faust's consumer and producer will hand to aiokafka.
     assert credentials_to_aiokafka_auth(credentials) == {**expected, "ssl_context": None}
@@ -75,14 +75,14 @@ def test_sasl_ssl_verifies_the_broker_against_the_ca_file(ca_file: Path) -> None
             "KAFKA_SSL_CAFILE": str(ca_file),
         }
     )
-    config = client_config(settings)
+    config = client_config(settings.kafka)
     assert config["security_protocol"] == "SASL_SSL"
     assert config["sasl_mechanism"] == "PLAIN"
     context = config["ssl_context"]
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
     assert [cert["subject"] for cert in context.get_ca_certs()] == [((("commonName", "kafka.test"),),)]
-    auth = credentials_to_aiokafka_auth(broker_credentials(settings))
+    auth = credentials_to_aiokafka_auth(broker_credentials(settings.kafka))
     assert auth["security_protocol"] == "SASL_SSL"
     assert auth["ssl_context"].get_ca_certs() == context.get_ca_certs()
 
@@ -91,11 +91,11 @@ def test_ssl_with_hostname_check_off_still_verifies_the_certificate(ca_file: Pat
     settings = Settings.from_env(
         {"KAFKA_SECURITY_PROTOCOL": "ssl", "KAFKA_SSL_CAFILE": str(ca_file), "KAFKA_SSL_CHECK_HOSTNAME": "false"}
     )
-    context = ssl_context(settings)
+    context = ssl_context(settings.kafka)
     assert context is not None
     assert (context.check_hostname, context.verify_mode) == (False, ssl.CERT_REQUIRED)
-    assert set(client_config(settings)) == {"security_protocol", "ssl_context"}
-    credentials = broker_credentials(settings)
+    assert set(client_config(settings.kafka)) == {"security_protocol", "ssl_context"}
+    credentials = broker_credentials(settings.kafka)
     assert isinstance(credentials, faust.SSLCredentials)
     assert credentials_to_aiokafka_auth(credentials)["security_protocol"] == "SSL"
 
@@ -105,7 +105,7 @@ def test_a_file_that_is_no_certificate_fails_with_one_line(tmp_path: Path) -> No
     bogus.write_text("not a certificate\n")
     settings = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": str(bogus)})
     with pytest.raises(ConfigError, match="cannot load the TLS files") as error:
-        client_config(settings)
+        client_config(settings.kafka)
     assert "\n" not in str(error.value)
 
 
@@ -173,11 +173,11 @@ def test_the_worker_refuses_to_start_with_a_ca_file_it_cannot_use(
 
 def test_passwords_never_appear_in_the_settings_repr_or_help() -> None:
     settings = Settings.from_env({**SASL, "KAFKA_SSL_KEY_PASSWORD": PASSWORD + "-key"})
-    assert settings.sasl_password.get_secret_value() == PASSWORD
-    for shown in (repr(settings), str(settings), f"{settings.sasl_password}", describe()):
+    assert settings.kafka.sasl_password.get_secret_value() == PASSWORD
+    for shown in (repr(settings), str(settings), f"{settings.kafka.sasl_password}", describe()):
         assert PASSWORD not in shown
     assert "Secret('**********')" in repr(settings)
-    assert PASSWORD not in repr(broker_credentials(settings))  # faust logs its conf's credentials by repr
+    assert PASSWORD not in repr(broker_credentials(settings.kafka))  # faust logs its conf's credentials by repr
 
 
 def test_debug_logs_show_the_sasl_exchange_by_type_only(caplog: pytest.LogCaptureFixture) -> None:

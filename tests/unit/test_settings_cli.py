@@ -10,26 +10,26 @@ from pathlib import Path
 import pytest
 
 from app.errors import ConfigError
-from app.settings import REPO_ROOT, SETTINGS, Settings, describe
+from app.settings import REPO_ROOT, Settings, declarations, describe, markdown_table
 
 
 def test_defaults() -> None:
     settings = Settings.from_env({})
-    assert settings.bootstrap_servers == "127.0.0.1:9092"
-    assert (settings.input_topic, settings.output_topic, settings.dead_letter_topic) == (
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert (settings.topics.input_topic, settings.topics.output_topic, settings.topics.dead_letter_topic) == (
         "events",
         "predictions",
         "events.dlq",
     )
-    assert settings.model_names == ("breast-cancer",)
-    assert settings.default_model == "breast-cancer"
+    assert settings.models.model_names == ("breast-cancer",)
+    assert settings.models.default_model == "breast-cancer"
 
 
 def test_reads_and_converts_the_environment() -> None:
     settings = Settings.from_env({"MAX_BATCH_SIZE": "64", "MODEL_NAMES": "a, b", "MODEL_HALF_PRECISION": "yes"})
-    assert settings.max_batch_size == 64
-    assert settings.model_names == ("a", "b")
-    assert settings.half_precision is True
+    assert settings.batching.max_batch_size == 64
+    assert settings.models.model_names == ("a", "b")
+    assert settings.models.half_precision is True
 
 
 @pytest.mark.parametrize(
@@ -52,8 +52,15 @@ def test_bad_values_raise_one_clear_line(env: dict[str, str], fragment: str) -> 
 
 def test_help_documents_every_setting() -> None:
     text = describe()
-    for setting in SETTINGS:
-        assert setting.env in text
+    for _, declaration in declarations():
+        assert declaration.env in text
+
+
+def test_the_readme_settings_table_is_generated_from_the_declarations() -> None:
+    """``make settings-table`` rewrites it; a setting added or changed without that fails here."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    between = readme.split("<!-- settings-table:start -->\n", 1)[1].split("<!-- settings-table:end -->", 1)[0]
+    assert between.strip() == markdown_table()
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
