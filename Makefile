@@ -33,10 +33,11 @@ test: kafka-up ## unit and integration tests against the real local broker
 test-unit: ## unit tests only (no broker)
 	@$(PYTHON) -m pytest -q tests/unit
 
-lint: ## ruff and mypy
+lint: ## ruff, mypy, and the import contracts (import-linter: layers, private upstream APIs)
 	@$(PYTHON) -m ruff check .
 	@$(PYTHON) -m ruff format --check .
 	@$(PYTHON) -m mypy
+	@$(VENV)/bin/lint-imports
 
 bench: kafka-up ## benchmark this worker against its peers (several minutes); writes benchmarks/
 	@$(PYTHON) -m benchmarks.bench

@@ -13,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from functools import partial
 from typing import Any, cast
 
 import faust
 from faust.web import Request, Response, View
 
+from app.kafka.commit import commit_policy
 from app.kafka.delivery import OutboundRecord
-from app.kafka.producer import OutputProducer
-from app.kafka.security import broker_credentials, client_config
+from app.kafka.security import broker_credentials
 from app.kafka.topics import worker_topics
-from app.kafka.transactions import TransactionalPublisher
 from app.kafka.transport import BatchingConsumer, InputBatch, WorkerApp
 from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
@@ -83,6 +82,14 @@ def create_app(
     metrics = metrics or Metrics()
     catalog = load_catalog(settings, metrics) if catalog is None else catalog
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    crashes: set[asyncio.Future[None]] = set()
+
+    def crash(exc: BaseException) -> None:
+        future = asyncio.ensure_future(app.crash(exc))
+        crashes.add(future)  # keep a reference until it ran
+        future.add_done_callback(crashes.discard)
+
+    policy = commit_policy(settings.kafka, settings.worker.app_id, settings.topics.input_topic, crash)
     app = WorkerApp(
         settings.worker.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka.bootstrap_servers.split(",")],
@@ -103,6 +110,7 @@ def create_app(
         web_bind=settings.web.web_host,
         web_port=settings.web.web_port,
         web_in_thread=False,
+        commit_policy=policy,
     )
     state = WorkerState(catalog, settings.topics.input_topic)
     input_topic = app.topic(settings.topics.input_topic, key_serializer="raw", value_serializer="raw")
@@ -118,14 +126,6 @@ def create_app(
             record.topic, record.key, record.value, record.partition, timestamp_s, record.headers
         )
 
-    crashes: set[asyncio.Future[None]] = set()
-
-    def crash(exc: BaseException) -> None:
-        future = asyncio.ensure_future(app.crash(exc))
-        crashes.add(future)  # keep a reference until it ran
-        future.add_done_callback(crashes.discard)
-
-    transactions = exactly_once(app, settings, crash) if settings.kafka.exactly_once else None
     stats = None
     if settings.stats.stats_enabled:
         registry = ModelRegistry(settings.models.model_dir)
@@ -137,7 +137,7 @@ def create_app(
     async def predict(stream: faust.StreamT[InputBatch]) -> None:
         for topic in sink_topics:
             await topic.maybe_declare()
-        producer = transactions or OutputProducer(settings.kafka.bootstrap_servers, **client_config(settings.kafka))
+        producer = policy.publisher
         await producer.start()
         observe = stats.record if stats is not None else None
         pipeline = InferencePipeline(
@@ -197,31 +197,6 @@ def internal_topics(app: faust.App) -> dict[str, int]:
     return {name: topic.partitions or app.conf.topic_partitions for topic in topics for name in topic.topics}
 
 
-def exactly_once(app: WorkerApp, settings: Settings, crash: Callable[[BaseException], None]) -> TransactionalPublisher:
-    """Outputs and input offsets in one transaction per input partition (see ``app.kafka.transactions``).
-
-    Statistics agents stay outside these transactions; they read read_committed like the rest.
-    """
-    app.read_committed = True
-    app.transactional_offsets.add(settings.topics.input_topic)
-    publisher = TransactionalPublisher(
-        settings.kafka.bootstrap_servers,
-        settings.worker.app_id,
-        settings.kafka.transaction_interval_ms / 1000.0,
-        settings.kafka.publish_retry_backoff_s,
-        crash,
-        **client_config(settings.kafka),
-    )
-
-    # Runs after faust waited for every taken record to be acked (committed), and before it seeks
-    # to the committed offsets: the new producers fence a previous owner and end its transactions.
-    async def own_transactions(assigned: set[Any]) -> None:
-        await publisher.assign((tp.topic, tp.partition) for tp in assigned if tp.topic == settings.topics.input_topic)
-
-    app.on_assigning.append(own_transactions)
-    return publisher
-
-
 def inbound_record(message: Any) -> InboundRecord:
     headers = message.headers
     return InboundRecord(
@@ -244,7 +219,7 @@ def update_consumer_lag(app: faust.App, metrics: Metrics, topic: str) -> None:
         highwater = consumer.highwater(tp)
         if highwater is None:
             continue
-        committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor for it
+        committed = consumer.committed_offset(tp)
         lag = highwater - (committed if committed is not None else 0)
         metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
 

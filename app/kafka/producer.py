@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from app.kafka.delivery import OutboundRecord
+from app.kafka.transport import default_partition
 
 _UNSET: Any = None
 MIN_GROUP_FOR_BATCH = 32
@@ -60,12 +61,12 @@ class OutputProducer:
         """Enqueue records in order; returns, per record, the future of the batch that carries it."""
         producer = self._producer
         for topic in {record.topic for record in records}:
-            await producer.client._wait_on_metadata(topic)
+            await producer.partitions_for(topic)  # waits until the topic's metadata is known
         groups: dict[tuple[str, int], list[int]] = {}
         for index, record in enumerate(records):
             partition = record.partition
             if partition is None:
-                partition = producer._partition(record.topic, None, None, None, record.key, record.value)
+                partition = default_partition(producer, record.topic, record.key, record.value)
             groups.setdefault((record.topic, partition), []).append(index)
         futures: list[Awaitable[Any]] = [_UNSET] * len(records)
         for (topic, partition), indexes in groups.items():

@@ -10,7 +10,6 @@ could not bootstrap), and ``hide_sasl_exchange`` keeps the SASL exchange out of 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 
 from app.errors import ConfigError
+from app.kafka.transport import probe_connection
 from app.settings import SSL_FILES, KafkaSettings
 
 if TYPE_CHECKING:
@@ -106,20 +106,12 @@ async def explain_connection_failure(kafka: KafkaSettings) -> str | None:
     aiokafka's bootstrap logs the cause and raises only "Unable to bootstrap", so this opens one
     connection itself to find it.
     """
-    from aiokafka.conn import create_conn  # no public API opens a single authenticated connection
-    from aiokafka.protocol.metadata import MetadataRequest
-
     config = client_config(kafka)
     mismatch = f"check that the listener expects KAFKA_SECURITY_PROTOCOL={kafka.security_protocol}"
     for server in (s.strip() for s in kafka.bootstrap_servers.split(",")):
         host, _, port = server.rpartition(":")
-        conn: Any = None
         try:
-            conn = await asyncio.wait_for(
-                create_conn(host, int(port), request_timeout_ms=int(PROBE_TIMEOUT_S * 1000), **config),
-                PROBE_TIMEOUT_S,
-            )
-            await asyncio.wait_for(conn.send(MetadataRequest([])), PROBE_TIMEOUT_S)
+            await probe_connection(host, int(port), PROBE_TIMEOUT_S, **config)
         except ssl.SSLError as exc:
             return f"TLS handshake with {server} failed ({exc}): check KAFKA_SSL_CAFILE and the broker's certificate"
         except IllegalSaslStateError:
@@ -135,7 +127,4 @@ async def explain_connection_failure(kafka: KafkaSettings) -> str | None:
             return f"{server} closed the connection: {mismatch}"
         except (KafkaError, OSError, TimeoutError, ValueError):
             continue
-        finally:
-            if conn is not None:
-                conn.close()
     return None

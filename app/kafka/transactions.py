@@ -40,6 +40,7 @@ from aiokafka.errors import ProducerFenced
 
 from app.kafka.delivery import MAX_RESEND_BACKOFF_S, OutboundRecord
 from app.kafka.producer import OutputProducer
+from app.kafka.transport import transactions_failed_fatally
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class _InputPartition:
         client = self._producer.client
         backoff_s = self._backoff_s
         while True:
-            if isinstance(exc, ProducerFenced) or client._txn_manager.is_fatal_error():
+            if isinstance(exc, ProducerFenced) or transactions_failed_fatally(client):
                 self._give_up(txn, exc)
                 return False
             log.error("transaction for %s failed (%r); aborting, re-sending in %.1fs", self.tp, exc, backoff_s)

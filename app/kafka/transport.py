@@ -1,4 +1,9 @@
-"""A Faust transport that hands the records of chosen topics to agents one fetch at a time.
+"""A Faust transport that hands the records of chosen topics to agents one fetch at a time; and
+the one door to faust's and aiokafka's private APIs.
+
+Every use of a private faust or aiokafka name in the worker is in this module (a unit test and
+an import-linter contract keep it so), listed in ``UPSTREAM_PINS``: a faust or aiokafka upgrade
+that removes or reshapes one fails ``tests/unit/test_upstream_pins.py`` instead of misbehaving.
 
 faust routes every record through its conductor, a channel queue and the Stream iterator, with
 a task or two per record: at small models that machinery, not the model, sets the pace. For
@@ -13,14 +18,26 @@ as usual. Records of other topics take faust's normal per-record path.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import faust
+from aiokafka import AIOKafkaProducer
 from aiokafka.protocol.metadata import MetadataRequest
 from faust.transport.drivers import aiokafka as aiokafka_driver
+
+
+class ConsumerCommits(Protocol):
+    """What the consumer needs of the commit policy (``app.kafka.commit``)."""
+
+    read_committed: bool
+
+    def commits_offsets_of(self, topic: str) -> bool: ...
+
+    async def on_assigned(self, partitions: Iterable[tuple[str, int]]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +172,14 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         return BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _commit(self, offsets: Any) -> bool:
-        # Exactly-once: transactions commit these topics' offsets. A commit here, of offsets acked
-        # a moment ago, could land after a newer transaction's commit and move the offset back.
-        skipped: set[str] = getattr(self.app, "transactional_offsets", set())
-        kept = {tp: offset for tp, offset in offsets.items() if tp.topic not in skipped}
+        policy = cast(WorkerApp, self.app).commit_policy
+        kept = {tp: offset for tp, offset in offsets.items() if policy.commits_offsets_of(tp.topic)}
         return await super()._commit(kept) if kept else True
+
+    def committed_offset(self, tp: Any) -> int | None:
+        """The group's last committed offset of ``tp`` as this consumer knows it (no request)."""
+        committed: int | None = self._committed_offset.get(tp)  # faust keeps no public accessor for it
+        return committed
 
     def caught_up(self, tp: Any) -> bool:
         """True when every record below the partition's high watermark was routed or committed.
@@ -171,9 +191,9 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         if highwater is None:
             return False
         routed = self._last_routed.get(tp, -1) + 1
-        if getattr(self.app, "read_committed", False):
+        if cast(WorkerApp, self.app).commit_policy.read_committed:
             routed = max(routed, self._local_position(tp))  # past transaction markers, which are never routed
-        committed = self._committed_offset.get(tp) or 0
+        committed = self.committed_offset(tp) or 0
         return max(routed, committed) >= highwater
 
     def _local_position(self, tp: Any) -> int:
@@ -187,7 +207,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
 class BatchingConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        if getattr(self.app, "read_committed", False):
+        if cast(WorkerApp, self.app).commit_policy.read_committed:
             # faust reads read_committed only with its own exactly_once guarantee; set before start().
             consumer._isolation_level = "read_committed"
         return consumer
@@ -198,24 +218,19 @@ class BatchingTransport(aiokafka_driver.Transport):
 
 
 class WorkerApp(faust.App):
-    """A faust App whose consumer can deliver whole fetches of ``batch_routes`` topics."""
+    """A faust App whose consumer can deliver whole fetches of ``batch_routes`` topics, and
+    commits as its ``commit_policy`` says."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, commit_policy: ConsumerCommits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_routes: dict[str, BatchRoute] = {}
-        self.read_committed = False
-        """Consume with isolation.level=read_committed (exactly-once mode)."""
-        self.transactional_offsets: set[str] = set()
-        """Topics whose offsets only transactions commit (exactly-once mode); faust's commits skip them."""
-        self.on_assigning: list[Callable[[set[Any]], Awaitable[None]]] = []
-        """Called with each new assignment before faust seeks to committed offsets or fetches."""
+        self.commit_policy = commit_policy
 
     async def _on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
         if not self.should_stop:
             cast(BatchingConsumer, self.consumer).on_assignment()
             try:
-                for hook in self.on_assigning:
-                    await hook(assigned)
+                await self.commit_policy.on_assigned((tp.topic, tp.partition) for tp in assigned)
             except Exception as exc:  # noqa: BLE001 - as faust does for its own rebalance steps
                 await self.crash(exc)
                 return
@@ -252,3 +267,99 @@ def refuse_topic_auto_creation() -> None:
 
     refusing.refuses_auto_creation = True  # type: ignore[attr-defined]
     MetadataRequest.__init__ = refusing
+
+
+async def probe_connection(host: str, port: int, timeout_s: float, **config: Any) -> None:
+    """Open one connection to a broker as a client configured so would (TLS, SASL), ask it for
+    metadata, and close it; raises what went wrong. No public aiokafka API opens a single
+    authenticated connection, and its bootstrap logs the cause but raises only "Unable to bootstrap"."""
+    from aiokafka.conn import create_conn
+
+    conn: Any = None
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(host, port, request_timeout_ms=int(timeout_s * 1000), **config), timeout_s
+        )
+        await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def default_partition(producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes | None) -> int:
+    """The partition aiokafka would pick for a record (the key's murmur2 hash); the topic's
+    metadata must be known (``await producer.partitions_for(topic)``)."""
+    partition: int = producer._partition(topic, None, None, None, key, value)
+    return partition
+
+
+def transactions_failed_fatally(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer's transaction manager is in a state no abort recovers from."""
+    manager = producer._txn_manager
+    return manager is not None and bool(manager.is_fatal_error())
+
+
+Pin = tuple[Any, str, tuple[str, ...] | None]
+"""(owner, private name, the parameter names it must take or None for an attribute)."""
+
+UPSTREAM_PINS: tuple[Pin, ...] = (
+    (aiokafka_driver.Consumer, "_drain_messages", ("self", "fetcher")),
+    (aiokafka_driver.Consumer, "_commit", ("self", "offsets")),
+    (aiokafka_driver.Consumer, "_new_consumer_thread", ("self",)),
+    (aiokafka_driver.Consumer, "_add_gap", ("self", "tp", "offset_from", "offset_to")),
+    (aiokafka_driver.Consumer, "_get_active_partitions", ("self",)),
+    (aiokafka_driver.Consumer, "perform_seek", ("self",)),
+    (aiokafka_driver.AIOKafkaConsumerThread, "_create_worker_consumer", ("self", "transport")),
+    (faust.App, "_on_partitions_assigned", ("self", "assigned", "generation_id")),
+    (faust.App, "_new_transport", ("self",)),
+    (faust.Channel, "_queue", None),
+    (
+        AIOKafkaProducer,
+        "_partition",
+        ("self", "topic", "partition", "key", "value", "serialized_key", "serialized_value"),
+    ),
+    (AIOKafkaProducer, "_txn_manager", None),
+    (MetadataRequest, "__init__", ("self", "topics", "allow_auto_topic_creation")),
+)
+"""The private ``aiokafka.conn.create_conn`` is pinned by ``tests/unit/test_upstream_pins.py``."""
+"""Every private faust/aiokafka method this module overrides or calls, with its signature.
+
+Attributes set in constructors (``Consumer._read_offset``, ``_committed_offset``,
+``_unacked_messages``, ``_stopped``, ``_thread``; aiokafka's ``AIOKafkaConsumer._subscription``
+and ``_isolation_level``) are pinned by ``tests/unit/test_upstream_pins.py`` on live objects."""
+
+
+def missing_pins(pins: Iterable[Pin] = UPSTREAM_PINS) -> list[str]:
+    """The pinned names that are gone or take other parameters, as readable lines."""
+    problems = []
+    for owner, name, parameters in pins:
+        where = f"{owner.__module__}.{owner.__qualname__}.{name}"
+        found = inspect.getattr_static(owner, name, None)
+        if found is None and name not in getattr(owner, "__annotations__", {}) and name not in _slots(owner):
+            if not _set_in_init(owner, name):
+                problems.append(f"{where} is gone")
+            continue
+        if parameters is not None:
+            actual = tuple(inspect.signature(found).parameters)
+            if actual != parameters:
+                problems.append(f"{where} takes {actual}, pinned {parameters}")
+    return problems
+
+
+def _slots(owner: type) -> set[str]:
+    return {slot for cls in owner.__mro__ for slot in getattr(cls, "__slots__", ())}
+
+
+def _set_in_init(owner: type, name: str) -> bool:
+    """Whether some __init__ in the class's hierarchy assigns ``self.<name>``."""
+    for cls in owner.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            source = inspect.getsource(init)
+        except (OSError, TypeError):
+            continue
+        if f"self.{name} =" in source or f"self.{name}:" in source:
+            return True
+    return False
