@@ -68,7 +68,7 @@ class WorkerState:
     def readiness(self) -> dict[str, Any]:
         return {
             "ready": self.ready,
-            "models_warm": {key: runner.warm for key, runner in self.catalog.runners.items()},
+            "models_warm": {str(key): runner.warm for key, runner in self.catalog.runners.items()},
             "partitions_assigned": self.rebalanced,
             "input_partitions": sorted(tp.partition for tp in self.assigned if tp.topic == self.input_topic),
         }

@@ -24,7 +24,7 @@ from typing import Any
 from app.errors import ConfigError, InvalidRecord, ModelLoadError
 from app.metrics import Metrics
 from app.models.ensemble import EnsembleRunner, declared_members
-from app.models.metadata import ENSEMBLE_FORMAT
+from app.models.metadata import ENSEMBLE_FORMAT, ModelKey
 from app.models.registry import ModelRegistry
 from app.models.routing import LATEST, Route, parse_routing, pick_version
 from app.models.runner import ModelRunner, Runner, pick_device
@@ -59,11 +59,10 @@ class ModelCatalog:
         self._metrics = metrics or Metrics()
         self._registry = ModelRegistry(settings.model_dir)
         self._device = pick_device(settings.device)
-        self.runners: dict[str, Runner] = {}
-        """Loaded runners by "name/version"."""
+        self.runners: dict[ModelKey, Runner] = {}
         self.routes: dict[str, Route] = {}
         """The serving route of each model, with concrete versions."""
-        self.failures: dict[str, LoadFailure] = {}
+        self.failures: dict[ModelKey, LoadFailure] = {}
         self._serving: dict[str, _Serving] = {}
         self.on_retired: Callable[[Runner], Any] = lambda runner: runner.close()
         self._refreshing = asyncio.Lock()
@@ -89,7 +88,7 @@ class ModelCatalog:
         """The runner that takes the largest share of the model's traffic."""
         route = self.routes[name]
         version = max(route.split, key=lambda item: item[1])[0]
-        return self.runners[f"{name}/{version}"]
+        return self.runners[ModelKey(name, version)]
 
     def load(self) -> None:
         """Load and warm what the routes name; raises ModelLoadError or ConfigError with one line."""
@@ -134,12 +133,8 @@ class ModelCatalog:
                 "device": str(serving.device),
                 "warm": serving.warm,
                 "route": route.to_dict(),
-                "loaded": sorted(key.split("/", 1)[1] for key in self.runners if key.split("/", 1)[0] == name),
-                "failed": {
-                    key.split("/", 1)[1]: failure.reason
-                    for key, failure in self.failures.items()
-                    if key.split("/", 1)[0] == name
-                },
+                "loaded": sorted(key.version for key in self.runners if key.name == name),
+                "failed": {key.version: failure.reason for key, failure in self.failures.items() if key.name == name},
             }
         return models
 
@@ -163,7 +158,7 @@ class ModelCatalog:
 
     async def _load_missing(self, name: str, route: Route) -> None:
         for version in route.versions:
-            key = f"{name}/{version}"
+            key = ModelKey(name, version)
             if key in self.runners:
                 continue
             fingerprint = self._fingerprint(name, version)
@@ -204,7 +199,7 @@ class ModelCatalog:
         )
 
     def _switch(self, name: str, route: Route) -> None:
-        runners = {version: self.runners[f"{name}/{version}"] for version in route.versions}
+        runners = {version: self.runners[ModelKey(name, version)] for version in route.versions}
         self.routes[name] = route
         only = runners[route.split[0][0]] if len(route.split) == 1 else None
         self._serving[name] = _Serving(route, runners, [runners[version] for version in route.shadow], only)
@@ -214,7 +209,7 @@ class ModelCatalog:
         self.failures.pop(runner.key, None)
 
     def _retire_unused(self) -> None:
-        used = {f"{name}/{version}" for name, route in self.routes.items() for version in route.versions}
+        used = {ModelKey(name, version) for name, route in self.routes.items() for version in route.versions}
         for key in [key for key in self.runners if key not in used]:
             log.info("model %s retired", key)
             self.on_retired(self.runners.pop(key))

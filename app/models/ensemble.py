@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from app.errors import ModelLoadError
-from app.models.metadata import ModelMetadata
+from app.models.metadata import ModelKey, ModelMetadata
 from app.models.runner import ModelInput, ModelOutput, Runner
 
 METHODS = ("mean", "vote")
@@ -74,8 +74,8 @@ class EnsembleRunner:
         self._inline = False
 
     @property
-    def key(self) -> str:
-        return f"{self.metadata.name}/{self.metadata.version}"
+    def key(self) -> ModelKey:
+        return self.metadata.key
 
     def warm_up(self, max_batch_size: int) -> None:
         for _, runner in self._members:

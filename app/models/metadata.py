@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.errors import ModelLoadError
 
@@ -16,6 +16,16 @@ ARTIFACT_FORMATS = ("torch.export", "torchscript", "state_dict", "onnx", "senten
 SUPPORTED_FORMATS = (*ARTIFACT_FORMATS, ENSEMBLE_FORMAT)
 KINDS = ("classifier", "regressor", "embedding")
 INPUTS = ("features", "text")
+
+
+class ModelKey(NamedTuple):
+    """One version of one model: how the catalog keys its runners; shown as ``name/version``."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.version}"
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,10 @@ class ModelMetadata:
             raise ModelLoadError(f"{where}: metadata is missing or has a bad field: {exc!r}") from None
         metadata.validate(where)
         return metadata
+
+    @property
+    def key(self) -> ModelKey:
+        return ModelKey(self.name, self.version)
 
     def validate(self, where: Path) -> None:
         problems = []

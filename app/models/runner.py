@@ -27,7 +27,7 @@ import torch
 
 from app.errors import ModelLoadError
 from app.models.embeddings import TextEmbedder
-from app.models.metadata import ModelMetadata
+from app.models.metadata import ModelKey, ModelMetadata
 from app.models.registry import ModelRegistry
 from app.models.tuning import compile_module, quantize
 
@@ -96,8 +96,8 @@ class ModelRunner:
         self.inline = execution == "inline"
 
     @property
-    def key(self) -> str:
-        return f"{self.metadata.name}/{self.metadata.version}"
+    def key(self) -> ModelKey:
+        return self.metadata.key
 
     @classmethod
     def load(
@@ -195,7 +195,7 @@ class Runner(Protocol):
     warm: bool
 
     @property
-    def key(self) -> str: ...
+    def key(self) -> ModelKey: ...
 
     def warm_up(self, max_batch_size: int) -> None: ...
 

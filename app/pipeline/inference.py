@@ -27,6 +27,7 @@ from app.errors import InvalidRecord, RecordError
 from app.kafka.delivery import InOrderConfirmer, OutboundRecord
 from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
+from app.models.metadata import ModelKey
 from app.models.runner import ModelInput, ModelOutput, Runner
 from app.pipeline.batcher import Batched, MicroBatcher
 from app.pipeline.cache import ResultCache
@@ -480,7 +481,7 @@ def model_input(event: PredictionEvent) -> ModelInput:
     return event.input
 
 
-CacheKey = tuple[str, tuple[float, ...] | str]
+CacheKey = tuple[ModelKey, tuple[float, ...] | str]
 
 
 def cache_key(runner: Runner, event: PredictionEvent) -> CacheKey:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,21 @@ class Observation:
     batch_size: int | None = None
 
 
+class SourcePartition(NamedTuple):
+    """An input partition, as statistics name it in their records and tables: ``topic:partition``."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}:{self.partition}"
+
+    @classmethod
+    def parse(cls, name: str) -> SourcePartition:
+        topic, partition = name.rsplit(":", 1)
+        return cls(topic, int(partition))
+
+
 def source_name(topic: str, partition: int) -> str:
     """How statistics name a source partition: ``topic:partition``."""
-    return f"{topic}:{partition}"
+    return str(SourcePartition(topic, partition))

@@ -48,7 +48,7 @@ from app.metrics import Metrics
 from app.models.registry import ModelRegistry
 from app.records.observations import Observation, source_name
 from app.settings import StatsSettings, TopicSettings
-from app.stats.windows import WindowAggregate, window_key, window_start_ms, window_stats
+from app.stats.windows import PartialKey, WindowAggregate, WindowKey, window_start_ms, window_stats
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,8 @@ class SourceClock:
 
 
 def partial_key(observation: Observation, start_ms: int) -> bytes:
-    return f"{window_key(observation.model_name, observation.model_version, start_ms)}|{observation.source}".encode()
-
-
-def source_of(key: bytes) -> str:
-    return key.decode().rsplit("|", 1)[1]
+    window = WindowKey(observation.model_name, observation.model_version, start_ms)
+    return PartialKey(window, observation.source).encode()
 
 
 class StatsAgents:
@@ -205,7 +202,7 @@ class StatsAgents:
         A changelog write the broker rejects is re-sent with backoff: the records folded into it
         are acked only after it lands, so a broker outage pauses statistics instead of losing them.
         """
-        partition = int(source_of(key).rsplit(":", 1)[1])
+        partition = PartialKey.decode(key).partition
         value = None if partial is None else partial.to_dict()
         if value is None:
             self.partials.data.pop(key, None)
@@ -256,12 +253,12 @@ class StatsAgents:
             )
 
     async def _hand_over_due(self, source: str, watermark: float) -> None:
-        for key in [k for k in list(self.partials.data.keys()) if source_of(k) == source]:
+        for key in [k for k in list(self.partials.data.keys()) if PartialKey.decode(k).source == source]:
             partial = self._load(self.partials, key)
             if partial is None:
                 continue
             if partial.is_due(watermark, self.lateness_ms):
-                window = window_key(partial.model_name, partial.model_version, partial.start_ms).encode()
+                window = WindowKey(partial.model_name, partial.model_version, partial.start_ms).encode()
                 body = orjson.dumps({"source": source, "partial": partial.to_dict()})
                 await publish(
                     self._send,

@@ -16,9 +16,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from app.records.observations import Observation
+from app.records.observations import Observation, SourcePartition
 from app.stats.sketch import QuantileSketch
 
 STATS_SCHEMA_VERSION = 1
@@ -29,8 +29,34 @@ def window_start_ms(event_time_ms: float, size_ms: int) -> int:
     return int(event_time_ms // size_ms) * size_ms
 
 
-def window_key(model_name: str, model_version: str, start_ms: int) -> str:
-    return f"{model_name}|{model_version}|{start_ms}"
+class WindowKey(NamedTuple):
+    """One (model, version, window): the key of a WindowStats record, ``<model>|<version>|<start ms>``."""
+
+    model_name: str
+    model_version: str
+    start_ms: int
+
+    def encode(self) -> bytes:
+        return f"{self.model_name}|{self.model_version}|{self.start_ms}".encode()
+
+
+class PartialKey(NamedTuple):
+    """One source partition's share of a window: ``<window key>|<topic:partition>``."""
+
+    window: WindowKey
+    source: str
+
+    @property
+    def partition(self) -> int:
+        return SourcePartition.parse(self.source).partition
+
+    def encode(self) -> bytes:
+        return self.window.encode() + b"|" + self.source.encode()
+
+    @classmethod
+    def decode(cls, key: bytes) -> PartialKey:
+        name, version, start_ms, source = key.decode().rsplit("|", 3)
+        return cls(WindowKey(name, version, int(start_ms)), source)
 
 
 @dataclass

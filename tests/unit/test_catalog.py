@@ -12,6 +12,7 @@ import pytest
 
 from app.errors import ConfigError, InvalidRecord, ModelLoadError
 from app.models.catalog import ModelCatalog
+from app.models.metadata import ModelKey
 from app.models.runner import Runner
 from app.settings import REPO_ROOT, Settings
 
@@ -89,7 +90,7 @@ async def test_routing_file_changes_apply_at_run_time(tmp_path: Path) -> None:
     routing.write_text('{"breast-cancer": {"split": {"1": 1}}}')
     catalog = catalog_for(tmp_path, routing_file=routing)
     assert serving_versions(catalog) == {"1"}
-    assert set(catalog.runners) == {"breast-cancer/1"}  # only what a route names is loaded
+    assert set(catalog.runners) == {ModelKey("breast-cancer", "1")}  # only what a route names is loaded
 
     routing.write_text('{"breast-cancer": {"split": {"1": 50, "2": 50}, "shadow": ["3"]}}')
     await catalog.refresh()

@@ -10,7 +10,9 @@ from jsonschema import Draft202012Validator
 from app.records.observations import Observation
 from app.stats.agents import SourceClock
 from app.stats.windows import (
+    PartialKey,
     WindowAggregate,
+    WindowKey,
     bin_index,
     population_stability_index,
     window_start_ms,
@@ -121,3 +123,11 @@ def test_stats_validate_against_the_schema(window_stats_schema: Draft202012Valid
     stats = window_stats(window, REFERENCE, 61_000)
     window_stats_schema.validate(stats)
     assert stats["drift"]["bins"] == 4 and math.isfinite(stats["drift"]["value"])
+
+
+def test_window_and_partial_keys_round_trip_through_their_bytes() -> None:
+    window = WindowKey("breast-cancer", "2", 1_795_692_985_000)
+    assert window.encode() == b"breast-cancer|2|1795692985000"  # the WindowStats key, as documented
+    partial = PartialKey(window, "events.v1:3")
+    assert PartialKey.decode(partial.encode()) == partial
+    assert partial.partition == 3
