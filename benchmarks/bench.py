@@ -309,7 +309,7 @@ def model_compute_ms(batch_size: int) -> float:
     """Median time of one forward (outputs back on the host), on the device the worker picks."""
     torch.set_num_threads(1)
     device = pick_device("auto")
-    runner = ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), "breast-cancer", "latest", device, False)
+    runner = ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), "breast-cancer", "latest", device)
     rows = [[1.0] * runner.metadata.input_size] * batch_size
     runner.predict(rows)
     timings = []

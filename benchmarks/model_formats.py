@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from app.models.registry import ModelRegistry
-from app.models.runner import ModelInput, ModelRunner
+from app.models.runner import ModelInput, ModelRunner, RunOptions
 from app.settings import REPO_ROOT
 
 FEATURES_BATCH = 256
@@ -173,7 +173,7 @@ def feature_cases(root: Path, device: torch.device) -> list[Case]:
     rows = (centres[picks] + noise * spreads[picks]).tolist()
 
     def load(name: str, **options: Any) -> ModelRunner:
-        return ModelRunner.load(registry, name, "1", device, half=bool(options.pop("half", False)), **options)
+        return ModelRunner.load(registry, name, "1", device, RunOptions(**options))
 
     cases = [runner_case("breast-cancer", "torch.export (baseline)", load(names[0]), rows, rows)]
     cases[0].baseline = True
@@ -198,7 +198,7 @@ def text_cases(device: torch.device, batches: Sequence[int]) -> list[Case]:
     probe = texts(256, seed=99)
 
     def load(**options: Any) -> ModelRunner:
-        return ModelRunner.load(registry, "minilm", "1", device, half=bool(options.pop("half", False)), **options)
+        return ModelRunner.load(registry, "minilm", "1", device, RunOptions(**options))
 
     plain, one_forward = load(), load()
     embedder, whole = plain._embedder, one_forward._embedder

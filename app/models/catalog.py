@@ -24,10 +24,10 @@ from typing import Any
 from app.errors import ConfigError, InvalidRecord, ModelLoadError
 from app.metrics import Metrics
 from app.models.ensemble import EnsembleRunner, declared_members
-from app.models.metadata import ENSEMBLE_FORMAT, ModelKey
+from app.models.metadata import ENSEMBLE_FORMAT, ModelKey, ModelMetadata
 from app.models.registry import ModelRegistry
 from app.models.routing import LATEST, Route, parse_routing, pick_version
-from app.models.runner import ModelRunner, Runner, pick_device
+from app.models.runner import ModelRunner, Runner, RunOptions, pick_device
 from app.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class ModelCatalog:
         self._metrics = metrics or Metrics()
         self._registry = ModelRegistry(settings.model_dir)
         self._device = pick_device(settings.device)
+        self._run_options = RunOptions(
+            settings.half_precision, settings.model_execution, settings.model_quantize, settings.model_compile
+        )
         self.runners: dict[ModelKey, Runner] = {}
         self.routes: dict[str, Route] = {}
         """The serving route of each model, with concrete versions."""
@@ -179,24 +182,17 @@ class ModelCatalog:
         runner: Runner
         if metadata.format == ENSEMBLE_FORMAT:
             members = declared_members(metadata)
-            runner = EnsembleRunner(metadata, [(m, self._model_runner(m.name, m.version)) for m in members])
+            loaded = [
+                (member, self._model_runner(self._registry.metadata(member.name, member.version))) for member in members
+            ]
+            runner = EnsembleRunner(metadata, loaded)
         else:
-            runner = self._model_runner(name, version)
+            runner = self._model_runner(metadata)
         runner.warm_up(self._warm_up_batch_size)
         return runner
 
-    def _model_runner(self, name: str, version: str) -> ModelRunner:
-        settings = self._settings
-        return ModelRunner.load(
-            self._registry,
-            name,
-            version,
-            self._device,
-            settings.half_precision,
-            settings.model_execution,
-            quantization=settings.model_quantize,
-            torch_compile=settings.model_compile,
-        )
+    def _model_runner(self, metadata: ModelMetadata) -> ModelRunner:
+        return ModelRunner.from_metadata(self._registry, metadata, self._device, self._run_options)
 
     def _switch(self, name: str, route: Route) -> None:
         runners = {version: self.runners[ModelKey(name, version)] for version in route.versions}

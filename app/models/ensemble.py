@@ -13,7 +13,6 @@ label its weight and reports the vote shares as probabilities.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from typing import Any
 
 from app.errors import ModelLoadError
 from app.models.metadata import ModelKey, ModelMetadata
-from app.models.runner import ModelInput, ModelOutput, Runner
+from app.models.runner import ModelInput, ModelOutput, OffLoopPredictor, Runner
 
 METHODS = ("mean", "vote")
 
@@ -56,7 +55,7 @@ def declared_members(metadata: ModelMetadata) -> list[Member]:
     return members
 
 
-class EnsembleRunner:
+class EnsembleRunner(OffLoopPredictor):
     def __init__(self, metadata: ModelMetadata, members: Sequence[tuple[Member, Runner]]) -> None:
         for _, runner in members:
             _check_compatible(metadata, runner.metadata)
@@ -71,7 +70,7 @@ class EnsembleRunner:
         self._members = list(members)
         self._total_weight = sum(member.weight for member, _ in members)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ensemble-{metadata.name}")
-        self._inline = False
+        self.inline = False
 
     @property
     def key(self) -> ModelKey:
@@ -81,7 +80,7 @@ class EnsembleRunner:
         for _, runner in self._members:
             if not runner.warm:
                 runner.warm_up(max_batch_size)
-        self._inline = all(getattr(runner, "inline", False) for _, runner in self._members)
+        self.inline = all(getattr(runner, "inline", False) for _, runner in self._members)
         self.predict([[0.0] * self.metadata.input_size])
         self.warm = True
 
@@ -89,11 +88,6 @@ class EnsembleRunner:
         outputs = [(member.weight, runner.predict(rows)) for member, runner in self._members]
         combine = self._vote if self.method == "vote" else self._mean
         return [combine([(weight, per_row[index]) for weight, per_row in outputs]) for index in range(len(rows))]
-
-    async def predict_async(self, rows: Sequence[ModelInput]) -> list[ModelOutput]:
-        if self._inline:
-            return self.predict(rows)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.predict, rows)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -67,33 +67,55 @@ def warmup_sizes(max_batch_size: int) -> list[int]:
     return sizes
 
 
-class ModelRunner:
+@dataclass(frozen=True)
+class RunOptions:
+    """How a model runs (MODEL_HALF_PRECISION, MODEL_EXECUTION, MODEL_QUANTIZE, MODEL_COMPILE)."""
+
+    half: bool = False
+    """float16, on cuda only."""
+    execution: str = "auto"
+    """``inline``, ``thread`` or ``auto`` (decided at warm-up)."""
+    quantization: str = "none"
+    torch_compile: bool = False
+
+
+class OffLoopPredictor:
+    """Runs ``predict`` on the event loop (``inline``, when warm-up found a batch fast enough) or on
+    the predictor's own thread, so a slow forward never blocks the loop."""
+
+    inline: bool
+    _executor: ThreadPoolExecutor
+
+    def predict(self, rows: Sequence[ModelInput]) -> list[ModelOutput]:
+        raise NotImplementedError
+
+    async def predict_async(self, rows: Sequence[ModelInput]) -> list[ModelOutput]:
+        if self.inline:
+            return self.predict(rows)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.predict, rows)
+
+
+class ModelRunner(OffLoopPredictor):
     def __init__(
-        self,
-        metadata: ModelMetadata,
-        module: torch.nn.Module,
-        device: torch.device,
-        half: bool,
-        execution: str = "auto",
-        quantization: str = "none",
-        torch_compile: bool = False,
+        self, metadata: ModelMetadata, module: torch.nn.Module, device: torch.device, options: RunOptions = RunOptions()
     ) -> None:
         self.metadata = metadata
         self.device = device
-        self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+        self.dtype = torch.float16 if options.half and device.type == "cuda" else torch.float32
         where = f"model {self.key}"
+        quantization = options.quantization
         if quantization != "none" and (device.type != "cpu" or self.dtype != torch.float32):
             raise ModelLoadError(f"{where}: MODEL_QUANTIZE={quantization} runs on the CPU in float32 only")
         self._module = quantize(module, quantization, where).to(device=device, dtype=self.dtype)
-        if torch_compile:
+        if options.torch_compile:
             self._module = compile_module(self._module, where)
         # Text models tokenize their inputs; every other model takes a float tensor.
         self._embedder = self._module if isinstance(self._module, TextEmbedder) else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{metadata.name}")
         self._positive = metadata.labels.index(metadata.positive_label) if metadata.positive_label else None
         self.warm = False
-        self.execution = execution
-        self.inline = execution == "inline"
+        self.execution = options.execution
+        self.inline = options.execution == "inline"
 
     @property
     def key(self) -> ModelKey:
@@ -101,19 +123,17 @@ class ModelRunner:
 
     @classmethod
     def load(
-        cls,
-        registry: ModelRegistry,
-        name: str,
-        version: str,
-        device: torch.device,
-        half: bool,
-        execution: str = "auto",
-        quantization: str = "none",
-        torch_compile: bool = False,
+        cls, registry: ModelRegistry, name: str, version: str, device: torch.device, options: RunOptions = RunOptions()
     ) -> ModelRunner:
-        metadata = registry.metadata(name, version)
+        return cls.from_metadata(registry, registry.metadata(name, version), device, options)
+
+    @classmethod
+    def from_metadata(
+        cls, registry: ModelRegistry, metadata: ModelMetadata, device: torch.device, options: RunOptions = RunOptions()
+    ) -> ModelRunner:
+        """Load the artifact ``metadata`` describes (already read from the registry)."""
         module = registry.load_module(metadata)
-        runner = cls(metadata, module, device, half, execution, quantization, torch_compile)
+        runner = cls(metadata, module, device, options)
         log.info("loaded model %s (%s) on %s", runner.key, metadata.format, device)
         return runner
 
@@ -157,11 +177,6 @@ class ModelRunner:
             if self.metadata.kind == "classifier":
                 return self._classify(raw)
             return [ModelOutput(prediction=float(value)) for value in raw.reshape(len(rows)).float().cpu().tolist()]
-
-    async def predict_async(self, rows: Sequence[ModelInput]) -> list[ModelOutput]:
-        if self.inline:
-            return self.predict(rows)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.predict, rows)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -29,7 +29,7 @@ def arguments(description: str) -> argparse.Namespace:
 
 def load_runner(name: str = "breast-cancer") -> ModelRunner:
     torch.set_num_threads(1)
-    runner = ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), name, "latest", torch.device("cpu"), False)
+    runner = ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), name, "latest", torch.device("cpu"))
     runner.warm_up(MAX_BATCH_SIZE)  # as the worker does before it takes traffic
     return runner
 

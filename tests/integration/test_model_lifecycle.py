@@ -109,7 +109,7 @@ def worker(bootstrap: str, names: Names, tmp_path: Path, **extra: str) -> Any:
 
 
 def reference(version: str) -> ModelRunner:
-    return ModelRunner.load(ModelRegistry(MODELS), "breast-cancer", version, torch.device("cpu"), False)
+    return ModelRunner.load(ModelRegistry(MODELS), "breast-cancer", version, torch.device("cpu"))
 
 
 async def until_models(

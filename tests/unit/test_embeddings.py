@@ -38,7 +38,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def runner() -> ModelRunner:
-    loaded = ModelRunner.load(ModelRegistry(MODELS), "minilm", "1", torch.device("cpu"), half=False)
+    loaded = ModelRunner.load(ModelRegistry(MODELS), "minilm", "1", torch.device("cpu"))
     yield loaded
     loaded.close()
 
@@ -137,7 +137,7 @@ def test_loading_makes_no_network_call(tmp_path: Path) -> None:
         import torch
         from app.models.registry import ModelRegistry
         from app.models.runner import ModelRunner
-        runner = ModelRunner.load(ModelRegistry(Path({str(MODELS)!r})), "minilm", "1", torch.device("cpu"), False)
+        runner = ModelRunner.load(ModelRegistry(Path({str(MODELS)!r})), "minilm", "1", torch.device("cpu"))
         assert len(runner.predict(["offline"])[0].embedding) == 384
         print("attempts", len(attempts))
         """
@@ -153,7 +153,7 @@ def test_loading_makes_no_network_call(tmp_path: Path) -> None:
 def test_a_missing_text_extra_is_a_one_line_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(ModelLoadError, match=r"install the text extra: pip install '\.\[text\]'") as caught:
-        ModelRunner.load(ModelRegistry(MODELS), "minilm", "1", torch.device("cpu"), half=False)
+        ModelRunner.load(ModelRegistry(MODELS), "minilm", "1", torch.device("cpu"))
     assert "\n" not in str(caught.value)
 
 
@@ -163,4 +163,4 @@ def test_a_missing_model_package_is_a_load_error(tmp_path: Path) -> None:
     metadata = json.loads((MODELS / "minilm" / "1" / "metadata.json").read_text())
     (folder / "metadata.json").write_text(json.dumps({**metadata, "artifact": "package:no_such_model_package"}))
     with pytest.raises(ModelLoadError, match="install the text extra"):
-        ModelRunner.load(ModelRegistry(tmp_path), "minilm", "1", torch.device("cpu"), half=False)
+        ModelRunner.load(ModelRegistry(tmp_path), "minilm", "1", torch.device("cpu"))

@@ -19,7 +19,7 @@ from app.errors import ModelLoadError
 from app.models.formats import LOADERS
 from app.models.metadata import ARTIFACT_FORMATS
 from app.models.registry import ModelRegistry
-from app.models.runner import ModelRunner
+from app.models.runner import ModelRunner, RunOptions
 
 CPU = torch.device("cpu")
 INPUT_SIZE = 6
@@ -110,7 +110,7 @@ def write_model(root: Path, fmt: str, module: nn.Module | None) -> Path:
 
 
 def load(root: Path, **options: Any) -> ModelRunner:
-    return ModelRunner.load(ModelRegistry(root), "tiny", "1", CPU, half=False, **options)
+    return ModelRunner.load(ModelRegistry(root), "tiny", "1", CPU, RunOptions(**options))
 
 
 def probabilities(runner: ModelRunner, rows: list[list[float]]) -> torch.Tensor:

@@ -41,7 +41,7 @@ def test_latest_is_the_highest_version(registry_copy: ModelRegistry) -> None:
 
 
 def test_default_model_predicts_probabilities_that_sum_to_one() -> None:
-    runner = ModelRunner.load(ModelRegistry(MODELS), "breast-cancer", "latest", torch.device("cpu"), half=False)
+    runner = ModelRunner.load(ModelRegistry(MODELS), "breast-cancer", "latest", torch.device("cpu"))
     stats = runner.metadata.extra["sample_stats"]
     outputs = runner.predict([stats["malignant"]["mean"], stats["benign"]["mean"]])
     assert [output.label for output in outputs] == ["malignant", "benign"]
@@ -56,7 +56,7 @@ def test_warm_up_covers_every_bucket() -> None:
     assert warmup_sizes(1) == [1]
     assert warmup_sizes(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
     assert warmup_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
-    runner = ModelRunner.load(ModelRegistry(MODELS), "breast-cancer", "1", torch.device("cpu"), half=False)
+    runner = ModelRunner.load(ModelRegistry(MODELS), "breast-cancer", "1", torch.device("cpu"))
     assert not runner.warm
     runner.warm_up(64)
     assert runner.warm
@@ -77,7 +77,7 @@ def test_a_broken_model_directory_is_one_clear_load_error(
 ) -> None:
     breakage(registry_copy.root / "breast-cancer" / "1")  # type: ignore[operator]
     with pytest.raises(ModelLoadError, match=message):
-        ModelRunner.load(registry_copy, "breast-cancer", "1", torch.device("cpu"), half=False)
+        ModelRunner.load(registry_copy, "breast-cancer", "1", torch.device("cpu"))
 
 
 def test_unknown_model_and_version_are_load_errors(registry_copy: ModelRegistry) -> None:
