@@ -93,8 +93,7 @@ async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
 async def _wait_for(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
     """Each topic's partition count, once the metadata knows them all.
 
-    A topic created a moment ago can still be unknown to the broker answering (seen: a worker
-    counted 0 input partitions and refused to start)."""
+    A topic created a moment ago can still be unknown to the broker answering."""
     deadline = time.monotonic() + METADATA_WAIT_S
     while True:
         counts = await _partition_counts(admin)

@@ -54,9 +54,9 @@ class BatchChannel(faust.Channel):  # type: ignore[type-arg]  # faust.Channel is
     """An agent channel that faust never empties by itself.
 
     faust clears its agents' channels when a rebalance starts and again whenever flow resumes,
-    which it does just after seeking to the committed offsets. A batch routed in that moment
-    vanished with its read offsets already past it: up to 255 records per partition were never
-    predicted in a replica test. Which queued batches are obsolete, BatchingConsumer decides.
+    which it does just after seeking to the committed offsets: a batch routed in that moment
+    would vanish with its read offsets already past it (docs/design.md). Which queued batches
+    are obsolete, BatchingConsumer decides.
     """
 
     @property
@@ -73,10 +73,9 @@ class BatchingConsumer(aiokafka_driver.Consumer):
 
     Around a rebalance, what is routed follows one rule: records routed before the seek to the
     committed offsets are read again after it, so batches not yet taken by then are obsolete
-    (``taken`` says so), and between an assignment and its seek nothing is routed. Without the
-    second half, records routed while faust awaited the committed offsets were predicted twice
-    (a worker joining predicted its first ~5,000 records twice) or, when the seek's read offsets
-    landed after them, their successors were taken for a gap and committed past them.
+    (``taken`` says so), and between an assignment and its seek nothing is routed: records routed
+    while faust awaits the committed offsets would be predicted twice, or taken for a gap and
+    committed past (docs/design.md).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -21,8 +21,7 @@ Statistics are computed in three stages:
    table. When every source partition has reported, on the window's own feed partition, a
    watermark past the window's end plus lateness, it publishes exactly one WindowStats record
    and marks the window closed. Watermarks count per feed partition: a source's partial and
-   its watermark are ordered only within one partition, and a watermark read from another
-   partition first once closed windows without the partial of the source that sent it.
+   its watermark are ordered only within one partition (docs/design.md).
 
 faust's ``on_window_close`` is not used: it fires from a wall-clock timer and windows restored
 from the changelog after a restart may never fire.
