@@ -72,21 +72,10 @@ class ExactlyOnce:
     guarantee = "exactly_once"
     read_committed = True
 
-    def __init__(
-        self,
-        input_topic: str,
-        bootstrap_servers: str,
-        group_id: str,
-        interval_s: float,
-        backoff_s: float,
-        on_fatal: Callable[[BaseException], Any],
-        **client_config: Any,
-    ) -> None:
+    def __init__(self, input_topic: str, transactions: TransactionalPublisher) -> None:
         self._input_topic = input_topic
-        self._transactions = TransactionalPublisher(
-            bootstrap_servers, group_id, interval_s, backoff_s, on_fatal, **client_config
-        )
-        self.publisher: Publisher = self._transactions
+        self._transactions = transactions
+        self.publisher: Publisher = transactions
 
     def commits_offsets_of(self, topic: str) -> bool:
         # A commit of offsets acked a moment ago could land after a newer transaction's commit
@@ -108,5 +97,8 @@ def commit_policy(
     if kafka.exactly_once:
         interval_s = kafka.transaction_interval_ms / 1000.0
         backoff_s = kafka.publish_retry_backoff_s
-        return ExactlyOnce(input_topic, kafka.bootstrap_servers, group_id, interval_s, backoff_s, on_fatal, **config)
+        transactions = TransactionalPublisher(
+            kafka.bootstrap_servers, group_id, interval_s, backoff_s, on_fatal, **config
+        )
+        return ExactlyOnce(input_topic, transactions)
     return AtLeastOnce(kafka.bootstrap_servers, **config)
