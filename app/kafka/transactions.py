@@ -82,21 +82,14 @@ class _Transaction:
 class _InputPartition:
     """The transactions of one input partition, one after another, on its own producer."""
 
-    def __init__(
-        self,
-        tp: TopicPartition,
-        producer: OutputProducer,
-        group_id: str,
-        interval_s: float,
-        backoff_s: float,
-        on_fatal: Callable[[BaseException], Any],
-    ) -> None:
+    def __init__(self, tp: TopicPartition, producer: OutputProducer, owner: TransactionalPublisher) -> None:
+        """``owner``: the publisher whose group, interval, backoff and fatal-error callback apply."""
         self.tp = tp
         self._producer = producer
-        self._group_id = group_id
-        self._interval_s = interval_s
-        self._backoff_s = backoff_s
-        self._on_fatal = on_fatal
+        self._group_id = owner.group_id
+        self._interval_s = owner.interval_s
+        self._backoff_s = owner.backoff_s
+        self._on_fatal = owner.on_fatal
         self._pending = _Transaction()
         self._arrived = asyncio.Event()
         self._fatal: BaseException | None = None
@@ -218,10 +211,10 @@ class TransactionalPublisher:
         **client_config: Any,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
-        self._group_id = group_id
-        self._interval_s = interval_s
-        self._backoff_s = backoff_s
-        self._on_fatal = on_fatal
+        self.group_id = group_id
+        self.interval_s = interval_s
+        self.backoff_s = backoff_s
+        self.on_fatal = on_fatal
         self._client_config = client_config
         self._partitions: dict[TopicPartition, _InputPartition] = {}
         self._assigning = asyncio.Lock()
@@ -258,7 +251,7 @@ class TransactionalPublisher:
             return partition.add(record)
         exc = NotOwned(f"output for {record.source}: its partition is not assigned to this worker")
         log.critical("%s", exc)
-        self._on_fatal(exc)
+        self.on_fatal(exc)
         failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         failed.set_exception(exc)
         return failed
@@ -266,7 +259,7 @@ class TransactionalPublisher:
     def _input_partition(self, tp: TopicPartition) -> _InputPartition:
         producer = OutputProducer(
             self._bootstrap_servers,
-            transactional_id=transactional_id(self._group_id, tp.topic, tp.partition),
+            transactional_id=transactional_id(self.group_id, tp.topic, tp.partition),
             **self._client_config,
         )
-        return _InputPartition(tp, producer, self._group_id, self._interval_s, self._backoff_s, self._on_fatal)
+        return _InputPartition(tp, producer, self)
