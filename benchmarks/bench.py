@@ -44,7 +44,7 @@ from app.models.registry import ModelRegistry
 from app.models.runner import ModelRunner, pick_device
 from app.settings import REPO_ROOT
 from app.tools.produce import EventFactory
-from benchmarks.model_formats import text_event
+from benchmarks.workload import text_event
 
 PARTITIONS = 4
 SYSTEMS = ("inference-worker", "naive-faust", "quix-streams", "bare-aiokafka", "bare-confluent-kafka")

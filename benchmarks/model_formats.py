@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import platform
-import random
 import shutil
 import statistics
 import tempfile
@@ -38,6 +37,7 @@ from torch import nn
 from app.models.registry import ModelRegistry
 from app.models.runner import ModelInput, ModelRunner, RunOptions
 from app.settings import REPO_ROOT
+from benchmarks.workload import texts
 
 FEATURES_BATCH = 256
 TEXT_BATCHES = (32, 256)
@@ -46,12 +46,6 @@ WORKER_SETTINGS = (
     {"MAX_BATCH_SIZE": "32"},
     {"MAX_BATCH_SIZE": "256"},
     {"MAX_BATCH_SIZE": "256", "MODEL_QUANTIZE": "dynamic-int8"},
-)
-WORDS = (
-    *("the", "a", "streaming", "worker", "reads", "events", "from", "kafka", "topics", "and", "writes"),
-    *("predictions", "back", "while", "broker", "keeps", "every", "partition", "ordered", "by", "key"),
-    *("model", "batch", "latency", "offset", "commit", "replica", "consumer", "producer", "schema", "vector"),
-    *("embedding", "token", "sentence", "throughput", "queue", "backpressure", "retry", "dead", "letter"),
 )
 
 
@@ -83,23 +77,6 @@ class Case:
     baseline: bool = False
     rates: list[float] = field(default_factory=list)
     fidelity: str = ""
-
-
-def texts(count: int, seed: int) -> list[str]:
-    """Sentences of 5 to 40 words (mean ~22), so batches pad to different lengths."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))) for _ in range(count)]
-
-
-def text_event(index: int, run_id: str = "t", model: str = "minilm") -> dict[str, Any]:
-    """A text event for the worker: the benchmarks' text workload, one sentence per event."""
-    return {
-        "event_id": f"{run_id}-{index}",
-        "user_id": f"user-{index % 100}",
-        "text": texts(1, index)[0],
-        "timestamp": int(time.time() * 1000),
-        "model": model,
-    }
 
 
 def save_formats(root: Path) -> list[str]:
@@ -285,10 +262,7 @@ def table(cases: list[Case]) -> str:
 
 def worker_texts_per_s(events: int, per_event: float) -> str:
     """Texts/s end to end: a backlog of text events through one worker (MODEL_NAMES=minilm)."""
-    import orjson
-    from aiokafka import AIOKafkaProducer
-
-    from benchmarks.bench import Bench
+    from benchmarks.bench import TEXT, Bench
 
     async def run() -> str:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -296,16 +270,7 @@ def worker_texts_per_s(events: int, per_event: float) -> str:
             bench = Bench(bootstrap, Path(workdir))
             backlog = bench.topic("texts")
             await bench.create(backlog)
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-            await producer.start()
-            try:
-                sends = [
-                    await producer.send(backlog, orjson.dumps(text_event(i, bench.run_id)), key=f"u{i % 100}".encode())
-                    for i in range(events)
-                ]
-                await asyncio.gather(*sends)
-            finally:
-                await producer.stop()
+            await bench.produce(backlog, events, model=TEXT)
             lines = [
                 "| worker (MODEL_NAMES=minilm, TORCH_THREADS=2) | texts/s | results | vs per-event here | vs ~123 |",
                 "|---|---|---|---|---|",

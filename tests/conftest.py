@@ -1,8 +1,12 @@
-"""Shared helpers: the repository root and the JSON Schemas in schemas/."""
+"""Shared helpers: the repository root, the JSON Schemas in schemas/, a free local port and a
+worker process run to its end."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKER_COMMAND = (sys.executable, "-m", "app", "worker")
+"""How every test starts a worker process."""
 
 
 def load_schema(name: str) -> Draft202012Validator:
@@ -18,21 +24,30 @@ def load_schema(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
-@pytest.fixture(scope="session")
-def event_schema() -> Draft202012Validator:
-    return load_schema("prediction_event")
+def schema_fixture(name: str) -> Any:
+    """A session fixture giving the validator of ``schemas/<name>.schema.json``; it is named as the
+    module attribute it is assigned to."""
+
+    def validator() -> Draft202012Validator:
+        return load_schema(name)
+
+    return pytest.fixture(scope="session")(validator)
 
 
-@pytest.fixture(scope="session")
-def result_schema() -> Draft202012Validator:
-    return load_schema("prediction_result")
+event_schema = schema_fixture("prediction_event")
+result_schema = schema_fixture("prediction_result")
+dead_letter_schema = schema_fixture("dead_letter")
+window_stats_schema = schema_fixture("window_stats")
 
 
-@pytest.fixture(scope="session")
-def dead_letter_schema() -> Draft202012Validator:
-    return load_schema("dead_letter")
+def free_port() -> int:
+    """A local TCP port nothing listens on (at the time of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
-@pytest.fixture(scope="session")
-def window_stats_schema() -> Draft202012Validator:
-    return load_schema("window_stats")
+def run_worker_to_exit(env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run a worker that is meant to stop by itself (refusing to start), its output captured as text."""
+    return subprocess.run(WORKER_COMMAND, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)

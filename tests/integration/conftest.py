@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from app.kafka.topics import ensure_topics
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, WORKER_COMMAND, free_port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -147,13 +145,6 @@ def names() -> Names:
     return Names(uuid.uuid4().hex[:10])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class WorkerProcess:
     process: subprocess.Popen[bytes]
@@ -190,7 +181,7 @@ def running_worker(env: dict[str, str], log: Path, ready_timeout_s: float = 120.
     port = free_port()
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "worker"],
+            WORKER_COMMAND,
             cwd=ROOT,
             env={**env, "WEB_PORT": str(port)},
             stdout=log_file,

@@ -1,12 +1,12 @@
-"""Helpers for the fault and backpressure tests: numbered events in, outputs and group offsets
-read back from the real broker, models written into a registry folder, a worker's RSS."""
+"""Helpers for the integration tests: events in (numbered, or any records, at a rate), outputs and
+group offsets read back from the real broker, models written into a registry folder, a worker's RSS."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import RecordMetadata
 
 from tests.integration.conftest import WorkerProcess
 
@@ -41,21 +42,50 @@ def event_value(index: int, padding: int = 0, first_feature: float | None = None
     return orjson.dumps(event)
 
 
+@dataclass(frozen=True)
+class Record:
+    """One input record as a test sends it."""
+
+    value: bytes | None
+    key: bytes | None = None
+    timestamp_ms: int | None = None
+    """The record's timestamp, epoch ms; None: the producer's clock."""
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def user_key(index: int) -> bytes:
+    """The key of event ``e-<index>``: its user, as in ``event_value``."""
+    return f"u-{index % 50}".encode()
+
+
+def keyed_by_user(document: dict[str, Any]) -> Record:
+    """A JSON event keyed by its user_id, as a client partitioning by user would send it."""
+    return Record(orjson.dumps(document), document["user_id"].encode())
+
+
 async def produce(
     bootstrap: str,
     topic: str,
-    values: Callable[[int], bytes],
-    count: int | None,
+    records: Callable[[int], bytes | Record] | Sequence[bytes | Record],
+    count: int | None = None,
     rate: float = 0.0,
     until: asyncio.Event | None = None,
-) -> int:
-    """Send ``values(i)`` for i < count, or until ``until`` is set (count None), keyed by user so they
-    spread over the partitions; ``rate`` 0 = at once. Returns how many were sent, all acknowledged."""
+) -> list[RecordMetadata]:
+    """Send ``records(i)``, or ``records[i]``, for i < count (by default a sequence's length), or
+    until ``until`` is set (count None); once ``until`` is set nothing more is sent either way. A bare
+    value is keyed ``user_key(i)``, so they spread over the partitions. ``rate`` per second, 0 = at
+    once. Returns the acknowledgements (partition, offset), in sending order: all of them arrived."""
+    if isinstance(records, Sequence):
+        count = len(records) if count is None else count
+        record_at: Callable[[int], bytes | Record] = records.__getitem__
+    else:
+        record_at = records
     assert count is not None or until is not None, "give a count or an event to stop at"
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=10, max_batch_size=1 << 20, max_request_size=8 << 20
     )
     await producer.start()
+    acknowledged: list[RecordMetadata] = []
     try:
         started = time.perf_counter()
         pending = []
@@ -65,15 +95,21 @@ async def produce(
                 ahead = started + index / rate - time.perf_counter()
                 if ahead > 0.002:
                     await asyncio.sleep(ahead)
-            pending.append(await producer.send(topic, values(index), key=f"u-{index % 50}".encode()))
+            record = record_at(index)
+            if not isinstance(record, Record):
+                record = Record(record, user_key(index))
+            sent = await producer.send(
+                topic, record.value, record.key, timestamp_ms=record.timestamp_ms, headers=list(record.headers)
+            )
+            pending.append(sent)
             index += 1
             if len(pending) >= 5000:
-                await asyncio.gather(*pending)
+                acknowledged += await asyncio.gather(*pending)
                 pending.clear()
-        await asyncio.gather(*pending)
+        acknowledged += await asyncio.gather(*pending)
     finally:
         await producer.stop()
-    return index
+    return acknowledged
 
 
 def in_background(coroutine: Coroutine[Any, Any, T]) -> Future[T]:
@@ -124,6 +160,20 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
         await admin.close()
 
 
+async def committed_to_end(
+    bootstrap: str, group: str, topic: str, timeout_s: float
+) -> tuple[dict[int, int], dict[int, int]]:
+    """(committed offsets, end offsets) of ``topic``, once the group committed up to the end or
+    ``timeout_s`` passed."""
+    ends = await end_offsets(bootstrap, topic)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        committed = await committed_offsets(bootstrap, group, topic)
+        if committed == ends or time.monotonic() >= deadline:
+            return committed, ends
+        await asyncio.sleep(0.5)
+
+
 async def delete_topics(bootstrap: str, topics: tuple[str, ...]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -139,10 +189,17 @@ async def read_outputs(
     done: Callable[[list[Output]], bool],
     timeout_s: float = 120.0,
     settle_s: float = 3.0,
+    isolation_level: str = "read_uncommitted",
 ) -> list[Output]:
     """Every record of ``topics`` from the start, until ``done`` holds and ``settle_s`` pass without more
     (so a late duplicate would still be seen), or ``timeout_s`` pass."""
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        isolation_level=isolation_level,
+    )
     await consumer.start()
     outputs: list[Output] = []
     try:

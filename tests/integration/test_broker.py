@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.integration.conftest import ROOT, Names, free_port
+from tests.conftest import ROOT, free_port
+from tests.integration.conftest import Names
 
 KAFKA_SH = str(ROOT / "kafka" / "kafka.sh")
 

@@ -16,25 +16,28 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
 from tests.integration.conftest import Names, create_topics, running_worker, worker_env
+from tests.integration.streams import (
+    PARTITIONS,
+    Output,
+    Record,
+    committed_offsets,
+    end_offsets,
+    event_value,
+    produce,
+    read_outputs,
+)
 
 EVENTS = 12000
 RATE = 1500.0  # events/s: the stream lasts 8 s
 KILL_AFTER_S = 3.5
 BAD_EVERY = 100  # every 100th input is not JSON: its dead letter must be exactly-once too
-PARTITIONS = 4
 
 
-def record(index: int) -> tuple[bytes, bytes]:
+def record(index: int) -> bytes | Record:
     if index % BAD_EVERY == 0:
-        return f"bad-{index}".encode(), b"{not json"
-    features = [float((index + i) % 23) for i in range(30)]
-    timestamp = int(time.time() * 1000)
-    event = {"event_id": f"e-{index}", "user_id": f"u-{index % 50}", "features": features, "timestamp": timestamp}
-    return f"u-{index % 50}".encode(), orjson.dumps(event)
+        return Record(b"{not json", f"bad-{index}".encode())
+    return event_value(index)
 
 
 def expected() -> tuple[set[str], set[str]]:
@@ -42,69 +45,43 @@ def expected() -> tuple[set[str], set[str]]:
     return {f"e-{i}" for i in range(EVENTS) if i % BAD_EVERY}, bad
 
 
-async def produce_stream(bootstrap: str, topic: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        started = time.perf_counter()
-        pending = []
-        for index in range(EVENTS):
-            ahead = started + index / RATE - time.perf_counter()
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-            key, value = record(index)
-            pending.append(await producer.send(topic, value, key=key))
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+class Tally:
+    """Results per event_id and dead letters per input key, counted as the outputs come in."""
+
+    def __init__(self, names: Names) -> None:
+        self.names = names
+        self.results: Counter[str] = Counter()
+        self.dead: Counter[str] = Counter()
+        self.counted = 0
+        self.want_results, self.want_dead = expected()
+
+    def complete(self, outputs: list[Output]) -> bool:
+        for output in outputs[self.counted :]:
+            if output.topic == self.names.output_topic:
+                self.results[output.result["event_id"]] += 1
+            else:
+                assert output.key is not None
+                self.dead[output.key.decode()] += 1
+        self.counted = len(outputs)
+        return self.want_results <= self.results.keys() and self.want_dead <= self.dead.keys()
 
 
-async def read_outputs(
+async def read_tally(
     bootstrap: str, names: Names, isolation_level: str, timeout_s: float, settle_s: float
 ) -> tuple[Counter[str], Counter[str]]:
     """(results per event_id, dead letters per input key), until all arrived and nothing more comes."""
-    consumer = AIOKafkaConsumer(
-        names.output_topic,
-        names.dead_letter_topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-        isolation_level=isolation_level,
-    )
-    results: Counter[str] = Counter()
-    dead: Counter[str] = Counter()
-    want_results, want_dead = expected()
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            complete = want_results <= results.keys() and want_dead <= dead.keys()
-            if complete and time.monotonic() - quiet_since > settle_s:
-                break
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                quiet_since = time.monotonic()
-                for message in records:
-                    if message.topic == names.output_topic:
-                        results[orjson.loads(message.value)["event_id"]] += 1
-                    else:
-                        dead[message.key.decode()] += 1
-    finally:
-        await consumer.stop()
-    return results, dead
+    tally = Tally(names)
+    topics = (names.output_topic, names.dead_letter_topic)
+    outputs = await read_outputs(bootstrap, topics, tally.complete, timeout_s, settle_s, isolation_level)
+    tally.complete(outputs)
+    return tally.results, tally.dead
 
 
-async def lagging_partitions(bootstrap: str, names: Names) -> dict[int, tuple[int | None, int]]:
+async def lagging_partitions(bootstrap: str, names: Names) -> dict[int, tuple[int, int]]:
     """Input partitions whose committed group offset is not their end offset: {partition: (committed, end)}."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=names.app_id, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(names.input_topic, p) for p in range(PARTITIONS)]
-        ends = await consumer.end_offsets(tps)
-        committed = {tp: await consumer.committed(tp) for tp in tps}
-    finally:
-        await consumer.stop()
-    return {tp.partition: (committed[tp], ends[tp]) for tp in tps if committed[tp] != ends[tp]}
+    ends = await end_offsets(bootstrap, names.input_topic)
+    committed = await committed_offsets(bootstrap, names.app_id, names.input_topic)
+    return {p: (committed[p], end) for p, end in ends.items() if committed[p] != end}
 
 
 def test_sigkill_mid_stream_leaves_exactly_one_committed_output_per_input(
@@ -121,20 +98,20 @@ def test_sigkill_mid_stream_leaves_exactly_one_committed_output_per_input(
         return worker_env(bootstrap_servers, names, tmp_path / name, **settings)
 
     async def scenario() -> None:
-        streaming = asyncio.ensure_future(produce_stream(bootstrap_servers, names.input_topic))
+        streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, record, EVENTS, RATE))
         await asyncio.sleep(KILL_AFTER_S)
         first.process.send_signal(signal.SIGKILL)  # mid-stream, with transactions open
         await asyncio.to_thread(first.process.wait, 10)
         with contextlib.ExitStack() as stack:
             second = await asyncio.to_thread(stack.enter_context, running_worker(env("b"), tmp_path / "b.log"))
             await streaming
-            views["committed"] = await read_outputs(bootstrap_servers, names, "read_committed", 75, settle_s=3)
-            views["uncommitted"] = await read_outputs(bootstrap_servers, names, "read_uncommitted", 10, settle_s=1)
+            views["committed"] = await read_tally(bootstrap_servers, names, "read_committed", 75, settle_s=3)
+            views["uncommitted"] = await read_tally(bootstrap_servers, names, "read_uncommitted", 10, settle_s=1)
             lagging.update(await lagging_partitions(bootstrap_servers, names))
             assert second.process.poll() is None, "the second worker stopped"
 
     views: dict[str, tuple[Counter[str], Counter[str]]] = {}
-    lagging: dict[int, tuple[int | None, int]] = {}
+    lagging: dict[int, tuple[int, int]] = {}
     with running_worker(env("a"), tmp_path / "a.log") as first:
         started = time.monotonic()
         asyncio.run(scenario())

@@ -27,6 +27,7 @@ from tests.integration.streams import (
     PARTITIONS,
     Output,
     committed_offsets,
+    committed_to_end,
     end_offsets,
     event_value,
     gauge,
@@ -221,11 +222,8 @@ def test_a_batch_whose_forward_raises_is_retried_or_split_and_every_record_gets_
                 bootstrap_servers, (names.output_topic, names.dead_letter_topic), lambda seen: len(seen) >= total
             )
         )
-        ends = asyncio.run(end_offsets(bootstrap_servers, names.input_topic))
-        deadline = time.monotonic() + 15
-        while (committed := asyncio.run(committed_offsets(bootstrap_servers, names.app_id, names.input_topic))) != ends:
-            assert time.monotonic() < deadline, f"committed {committed}, end {ends}"
-            time.sleep(0.5)
+        committed, ends = asyncio.run(committed_to_end(bootstrap_servers, names.app_id, names.input_topic, 15))
+        assert committed == ends, f"committed {committed}, end {ends}"
         dead_letters_metric = gauge(worker, 'inference_dead_letters_total{reason="model_error"}')
 
     predictions = Counter(o.result["event_id"] for o in outputs if o.topic == names.output_topic)

@@ -14,16 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import torch
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.models.registry import ModelRegistry
 from app.models.routing import Route, pick_version
 from app.models.runner import ModelRunner
 from app.settings import REPO_ROOT
 from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
+from tests.integration.streams import keyed_by_user, produce, read_outputs
 
 MODELS = REPO_ROOT / "models"
 
@@ -58,48 +57,10 @@ def install(models: Path, version: str, source: str, name: str = "breast-cancer"
     os.rename(staging, models / name / version)
 
 
-async def produce(
-    bootstrap: str,
-    topic: str,
-    events: list[dict[str, Any]],
-    rate: float | None = None,
-    until: asyncio.Event | None = None,
-) -> int:
-    """Send ``events`` in order (at ``rate`` per second), stopping early once ``until`` is set; returns how many."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    sent = 0
-    try:
-        started = time.perf_counter()
-        pending = []
-        for position, document in enumerate(events):
-            if until is not None and until.is_set():
-                break
-            if rate is not None and (ahead := started + position / rate - time.perf_counter()) > 0:
-                await asyncio.sleep(ahead)
-            pending.append(await producer.send(topic, orjson.dumps(document), key=document["user_id"].encode()))
-            sent += 1
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return sent
-
-
 async def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 90.0) -> list[dict[str, Any]]:
     """Every record on ``topic``, once ``expected`` arrived and nothing more came for 2 s."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    found: list[dict[str, Any]] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline and (len(found) < expected or time.monotonic() - quiet_since < 2):
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                found.extend(orjson.loads(record.value) for record in records)
-                quiet_since = time.monotonic()
-    finally:
-        await consumer.stop()
-    return found
+    outputs = await read_outputs(bootstrap, (topic,), lambda seen: len(seen) >= expected, timeout_s, settle_s=2.0)
+    return [output.result for output in outputs]
 
 
 def worker(bootstrap: str, names: Names, tmp_path: Path, **extra: str) -> Any:
@@ -142,7 +103,9 @@ def test_hot_reload_mid_stream_loses_nothing_and_tags_each_result(
 
     async def scenario(running: WorkerProcess) -> tuple[int, list[dict[str, Any]]]:
         landed = asyncio.Event()
-        streaming = asyncio.ensure_future(produce(bootstrap_servers, names.input_topic, events, RATE, landed))
+        streaming = asyncio.ensure_future(
+            produce(bootstrap_servers, names.input_topic, lambda i: keyed_by_user(events[i]), len(events), RATE, landed)
+        )
         await asyncio.sleep(2.0)
         install(models, "2", "2")  # a new version lands while events flow
         await until_models(running, lambda view: view["version"] == "2", "version 2 serving")
@@ -156,7 +119,7 @@ def test_hot_reload_mid_stream_loses_nothing_and_tags_each_result(
         await until_models(running, lambda view: "3" in view["failed"], "version 3 refused")
         await asyncio.sleep(1.0)
         landed.set()
-        sent = await streaming
+        sent = len(await streaming)
         return sent, await read_all(bootstrap_servers, names.output_topic, sent)
 
     with worker(bootstrap_servers, names, tmp_path, MODEL_DIR=str(models), MODEL_POLL_INTERVAL_S="0.5") as running:
@@ -214,7 +177,7 @@ def test_split_shadow_runtime_change_ensemble_and_cache(bootstrap_servers: str, 
         "RESULT_CACHE_SIZE": "1000",
     }
     with worker(bootstrap_servers, names, tmp_path, **env) as running:
-        asyncio.run(produce(bootstrap_servers, names.input_topic, split_events))
+        asyncio.run(produce(bootstrap_servers, names.input_topic, [keyed_by_user(e) for e in split_events]))
         served = asyncio.run(read_all(bootstrap_servers, names.output_topic, len(split_events)))
         shadowed = asyncio.run(read_all(bootstrap_servers, names.shadow_topic, len(split_events)))
 
@@ -227,12 +190,12 @@ def test_split_shadow_runtime_change_ensemble_and_cache(bootstrap_servers: str, 
         assert models_view(running)["breast-cancer"]["loaded"] == ["2"]  # 1 and 3 retired
         later = [event(100_000 + n, users[n]) for n in range(200)]
         ensemble = [event(200_000 + n, f"e-user-{n}", model="breast-cancer-ensemble") for n in range(20)]
-        asyncio.run(produce(bootstrap_servers, names.input_topic, later + ensemble))
+        asyncio.run(produce(bootstrap_servers, names.input_topic, [keyed_by_user(e) for e in later + ensemble]))
         total = len(split_events) + len(later) + len(ensemble)
         everything = asyncio.run(read_all(bootstrap_servers, names.output_topic, total))
         # The same inputs again, as new events: the cache answers them without a forward.
         repeated = [{**document, "event_id": f"again-{document['event_id']}"} for document in later[:50]]
-        asyncio.run(produce(bootstrap_servers, names.input_topic, repeated))
+        asyncio.run(produce(bootstrap_servers, names.input_topic, [keyed_by_user(e) for e in repeated]))
         everything = asyncio.run(read_all(bootstrap_servers, names.output_topic, total + len(repeated)))
 
     # Weighted, sticky split: every result on the version the route gives its user.

@@ -16,12 +16,11 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
+from tests.integration.streams import Output, Record, committed_to_end, keyed_by_user, produce, read_outputs
 
 USERS = 20
 EVENTS_PER_USER = 25
@@ -63,7 +62,7 @@ class Run:
     produced_bad: dict[bytes, tuple[str, bytes | None, int, int]] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
     result_keys: list[bytes | None] = field(default_factory=list)
-    dead_letters: list[Any] = field(default_factory=list)
+    dead_letters: list[Output] = field(default_factory=list)
     committed: dict[int, int] = field(default_factory=dict)
     end_offsets: dict[int, int] = field(default_factory=dict)
     metrics_before: Samples = field(default_factory=dict)
@@ -86,83 +85,38 @@ def value(samples: Samples, metric: str, **labels: str) -> float | None:
     return samples.get((metric, frozenset(labels.items())))
 
 
-async def produce(bootstrap: str, run: Run) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=1 << 20)
-    await producer.start()
-    try:
-        bad = malformed_records()
-        sends = []
-        for seq in range(EVENTS_PER_USER):
-            for user in range(USERS):
-                event = valid_event(user, seq)
-                future = await producer.send(run.names.input_topic, orjson.dumps(event), key=f"user-{user}".encode())
-                sends.append(("valid", event["event_id"], future))
-            if seq < len(bad):
-                error_class, value = bad[seq]
-                key = f"bad-{seq}".encode()
-                headers = [("trace-id", f"trace-{seq}".encode())]
-                future = await producer.send(run.names.input_topic, value, key=key, headers=headers)
-                sends.append(("bad", key, future))
-        for kind, ident, future in sends:
-            metadata = await future
-            if kind == "valid":
-                run.produced_valid[ident] = (metadata.partition, metadata.offset)
-            else:
-                error_class, value = bad[int(ident.decode().split("-")[1])]
-                run.produced_bad[ident] = (error_class, value, metadata.partition, metadata.offset)
-    finally:
-        await producer.stop()
+async def produce_inputs(bootstrap: str, run: Run) -> None:
+    """Every user's events in turn, a malformed record after each round while there are some left."""
+    bad = malformed_records()
+    records: list[Record] = []
+    sent: list[tuple[str, Any]] = []  # ("valid", event_id) or ("bad", key), one per record
+    for seq in range(EVENTS_PER_USER):
+        for user in range(USERS):
+            event = valid_event(user, seq)
+            records.append(keyed_by_user(event))
+            sent.append(("valid", event["event_id"]))
+        if seq < len(bad):
+            key = f"bad-{seq}".encode()
+            records.append(Record(bad[seq][1], key, headers=(("trace-id", f"trace-{seq}".encode()),)))
+            sent.append(("bad", key))
+    acknowledged = await produce(bootstrap, run.names.input_topic, records)
+    for (kind, ident), metadata in zip(sent, acknowledged, strict=True):
+        if kind == "valid":
+            run.produced_valid[ident] = (metadata.partition, metadata.offset)
+        else:
+            error_class, value = bad[int(ident.decode().split("-")[1])]
+            run.produced_bad[ident] = (error_class, value, metadata.partition, metadata.offset)
 
 
 async def collect(bootstrap: str, run: Run, timeout_s: float = 120.0, settle_s: float = 5.0) -> None:
-    consumer = AIOKafkaConsumer(
-        run.names.output_topic,
-        run.names.dead_letter_topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        expected = len(run.produced_valid) + len(run.produced_bad)
-        deadline = time.monotonic() + timeout_s
-        while len(run.results) + len(run.dead_letters) < expected and time.monotonic() < deadline:
-            await _poll(consumer, run)
-        settle_until = time.monotonic() + settle_s  # anything extra (a duplicate) would show up now
-        while time.monotonic() < settle_until:
-            await _poll(consumer, run)
-    finally:
-        await consumer.stop()
-
-
-async def _poll(consumer: AIOKafkaConsumer, run: Run) -> None:
-    for records in (await consumer.getmany(timeout_ms=500)).values():
-        for record in records:
-            if record.topic == run.names.output_topic:
-                run.results.append(orjson.loads(record.value))
-                run.result_keys.append(record.key)
-            else:
-                run.dead_letters.append(record)
-
-
-async def committed_offsets(bootstrap: str, run: Run, timeout_s: float = 30.0) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await consumer.start()
-    await admin.start()
-    try:
-        partitions = [TopicPartition(run.names.input_topic, p) for p in range(4)]
-        run.end_offsets = {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            offsets = await admin.list_consumer_group_offsets(run.names.app_id, partitions=partitions)
-            run.committed = {tp.partition: meta.offset for tp, meta in offsets.items()}
-            if run.committed == run.end_offsets:
-                return
-            await asyncio.sleep(0.5)
-    finally:
-        await consumer.stop()
-        await admin.close()
+    expected = len(run.produced_valid) + len(run.produced_bad)
+    topics = (run.names.output_topic, run.names.dead_letter_topic)
+    for output in await read_outputs(bootstrap, topics, lambda seen: len(seen) >= expected, timeout_s, settle_s):
+        if output.topic == run.names.output_topic:
+            run.results.append(output.result)
+            run.result_keys.append(output.key)
+        else:
+            run.dead_letters.append(output)
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +130,11 @@ def run(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with running_worker(env, tmp / "worker.log") as worker:
         result = Run(names, worker)
         result.metrics_before = scrape(worker)
-        asyncio.run(produce(bootstrap_servers, result))
+        asyncio.run(produce_inputs(bootstrap_servers, result))
         asyncio.run(collect(bootstrap_servers, result))
-        asyncio.run(committed_offsets(bootstrap_servers, result))
+        result.committed, result.end_offsets = asyncio.run(
+            committed_to_end(bootstrap_servers, names.app_id, names.input_topic, timeout_s=30.0)
+        )
         yield result
 
 

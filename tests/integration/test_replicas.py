@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
@@ -64,28 +65,47 @@ async def stream_until_set(bootstrap: str, names: Names, stop: asyncio.Event) ->
     tail = asyncio.ensure_future(tail_off())
     sent = await produce(bootstrap, names.input_topic, event_value, None, RATE, until=done)
     await tail
-    return sent
+    return len(sent)
+
+
+Start = Callable[[str], Awaitable[WorkerProcess]]
+"""Starts the worker of that name in the group."""
+
+
+async def churn_mid_stream(
+    bootstrap: str, names: Names, tmp: Path, churn: Callable[[WorkerProcess, Start], Awaitable[list[WorkerProcess]]]
+) -> tuple[int, int]:
+    """Worker ``a`` up, then events at RATE while ``churn(a, start)`` starts and stops workers; it returns
+    those that must still run at the end. Fails unless every event has a prediction; returns (events,
+    duplicates)."""
+    with contextlib.ExitStack() as stack:
+
+        def start(name: str) -> Awaitable[WorkerProcess]:
+            return start_worker(stack, bootstrap, names, tmp, name)
+
+        first = await start("a")
+        churned = asyncio.Event()
+        streaming = asyncio.ensure_future(stream_until_set(bootstrap, names, churned))
+        running = await churn(first, start)
+        churned.set()
+        events = await streaming
+        duplicates = await assert_each_predicted(bootstrap, names, events)
+        assert all(worker.process.poll() is None for worker in running)
+        return events, duplicates
 
 
 def test_a_replica_joining_and_one_leaving_mid_stream_loses_nothing(bootstrap_servers: str, tmp_path: Path) -> None:
     names = Names(uuid.uuid4().hex[:10])
     create_topics(bootstrap_servers, names)
 
-    async def scenario() -> None:
-        with contextlib.ExitStack() as stack:
-            first = await start_worker(stack, bootstrap_servers, names, tmp_path, "a")
-            churned = asyncio.Event()
-            streaming = asyncio.ensure_future(stream_until_set(bootstrap_servers, names, churned))
-            await asyncio.sleep(1.0)
-            second = await start_worker(stack, bootstrap_servers, names, tmp_path, "b")  # joins while events flow
-            await stop_worker(first)  # and the first leaves gracefully while they still flow
-            churned.set()
-            events = await streaming
-            duplicates = await assert_each_predicted(bootstrap_servers, names, events)
-            assert second.process.poll() is None
-            print(f"replicas: {events} events, {duplicates} duplicates after a join and a graceful leave")
+    async def churn(first: WorkerProcess, start: Start) -> list[WorkerProcess]:
+        await asyncio.sleep(1.0)
+        second = await start("b")  # joins while events flow
+        await stop_worker(first)  # and the first leaves gracefully while they still flow
+        return [second]
 
-    asyncio.run(scenario())
+    events, duplicates = asyncio.run(churn_mid_stream(bootstrap_servers, names, tmp_path, churn))
+    print(f"replicas: {events} events, {duplicates} duplicates after a join and a graceful leave")
 
 
 def test_replicas_churning_mid_stream_lose_nothing(bootstrap_servers: str, tmp_path: Path) -> None:
@@ -93,20 +113,13 @@ def test_replicas_churning_mid_stream_lose_nothing(bootstrap_servers: str, tmp_p
     names = Names(uuid.uuid4().hex[:10])
     create_topics(bootstrap_servers, names)
 
-    async def scenario() -> None:
-        with contextlib.ExitStack() as stack:
-            a = await start_worker(stack, bootstrap_servers, names, tmp_path, "a")
-            churned = asyncio.Event()
-            streaming = asyncio.ensure_future(stream_until_set(bootstrap_servers, names, churned))
-            b = await start_worker(stack, bootstrap_servers, names, tmp_path, "b")
-            c = await start_worker(stack, bootstrap_servers, names, tmp_path, "c")
-            await stop_worker(a)
-            d = await start_worker(stack, bootstrap_servers, names, tmp_path, "d")
-            await stop_worker(b)
-            churned.set()
-            events = await streaming
-            duplicates = await assert_each_predicted(bootstrap_servers, names, events)
-            assert c.process.poll() is None and d.process.poll() is None
-            print(f"replicas churning: {events} events, {duplicates} duplicates after 3 joins and 2 leaves")
+    async def churn(a: WorkerProcess, start: Start) -> list[WorkerProcess]:
+        b = await start("b")
+        c = await start("c")
+        await stop_worker(a)
+        d = await start("d")
+        await stop_worker(b)
+        return [c, d]
 
-    asyncio.run(scenario())
+    events, duplicates = asyncio.run(churn_mid_stream(bootstrap_servers, names, tmp_path, churn))
+    print(f"replicas churning: {events} events, {duplicates} duplicates after 3 joins and 2 leaves")

@@ -5,8 +5,6 @@ password the worker exits at once with one line."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from app.models.registry import ModelRegistry
 from app.settings import REPO_ROOT, Settings
 from app.tools.produce import EventFactory, produce_events
 from app.tools.tail import follow
+from tests.conftest import run_worker_to_exit
 from tests.integration.conftest import SASL_PASSWORD, SASL_USERNAME, Names, running_worker, worker_env
 
 EVENTS = 300
@@ -106,9 +105,7 @@ def test_a_worker_predicts_over_sasl_and_never_shows_the_password(
 def failed_start(env: dict[str, str]) -> tuple[str, str]:
     """Run a worker that must not start; returns its last line and its whole output."""
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "worker"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    done = run_worker_to_exit(env, timeout_s=120)
     assert done.returncode == 1, done.stderr[-2000:]
     assert time.monotonic() - started < 60  # refused at once, not retried until some timeout
     return done.stderr.strip().splitlines()[-1], done.stdout + done.stderr

@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from jsonschema import Draft202012Validator
 
 from app.records.events import parse_timestamp_ms
 from tests.integration.conftest import Names, create_topics, running_worker, worker_env
+from tests.integration.streams import Output, Record, produce, read_outputs
 
 WINDOW_S = 10
 LATENESS_S = 2
@@ -39,29 +39,13 @@ def event(index: int, timestamp_ms: int) -> bytes:
     )
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, int]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=b"k", timestamp_ms=ts) for value, ts in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+def at(value: bytes, timestamp_ms: int) -> Record:
+    return Record(value, b"k", timestamp_ms)
 
 
-async def read_all(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            for batch in (await consumer.getmany(timeout_ms=300)).values():
-                records += batch
-                last = time.monotonic()
-    finally:
-        await consumer.stop()
-    return records
+async def read_all(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[Output]:
+    """Every record on ``topic``, once nothing more came for ``idle_s``."""
+    return await read_outputs(bootstrap, (topic,), lambda _: True, settle_s=idle_s)
 
 
 def wait_for(condition: Any, timeout_s: float, what: str) -> Any:
@@ -92,14 +76,14 @@ def test_a_window_survives_a_killed_worker_and_closes_exactly_once(
         "KAFKA_SESSION_TIMEOUT_S": "6",
     }
 
-    first = [(event(i, in_window[i]), in_window[i]) for i in range(150)] + [
-        (b"{not json", in_window[150 + i]) for i in range(4)
+    first = [at(event(i, in_window[i]), in_window[i]) for i in range(150)] + [
+        at(b"{not json", in_window[150 + i]) for i in range(4)
     ]
-    second = [(event(i, in_window[i]), in_window[i]) for i in range(160, 260)] + [
-        (b"\xff", in_window[290 + i]) for i in range(3)
+    second = [at(event(i, in_window[i]), in_window[i]) for i in range(160, 260)] + [
+        at(b"\xff", in_window[290 + i]) for i in range(3)
     ]
     closing_time = window_start + (WINDOW_S + LATENESS_S + 1) * 1000
-    closing = [(event(999, closing_time), closing_time)]
+    closing = [at(event(999, closing_time), closing_time)]
 
     env = worker_env(bootstrap_servers, names, tmp_path / "a", **settings)
     with running_worker(env, tmp_path / "worker-a.log") as worker_a:
@@ -119,7 +103,7 @@ def test_a_window_survives_a_killed_worker_and_closes_exactly_once(
         served = json.loads(worker_b.get("/models")[1])["breast-cancer"]["version"]
         key = f"breast-cancer|{served}|{window_start}".encode()
 
-        def published() -> list[Any]:
+        def published() -> list[Output]:
             return [r for r in asyncio.run(read_all(bootstrap_servers, stats_topic, 1.0)) if r.key == key]
 
         wait_for(published, 120, "the window's statistics")

@@ -12,7 +12,8 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from app.kafka.topics import ensure_topics
-from tests.integration.conftest import ROOT, Names, create_topics, free_port, running_worker, worker_env
+from tests.conftest import ROOT, free_port, run_worker_to_exit
+from tests.integration.conftest import Names, create_topics, running_worker, worker_env
 
 
 def test_internal_topics_left_by_a_worker_of_another_input_width_are_one_clear_line(
@@ -26,14 +27,7 @@ def test_internal_topics_left_by_a_worker_of_another_input_width_are_one_clear_l
     wider = Names(uuid.uuid4().hex[:10])
     env = worker_env(bootstrap_servers, names, tmp_path / "later", INPUT_TOPIC=wider.input_topic)
     asyncio.run(ensure_topics(bootstrap_servers, [wider.input_topic], partitions=6))
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "worker"],
-        cwd=ROOT,
-        env={**env, "WEB_PORT": str(free_port())},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_worker_to_exit({**env, "WEB_PORT": str(free_port())}, timeout_s=120)
     internal = ", ".join(f"{names.app_id}-stats-{t}" for t in ("feed", "partials-changelog", "windows-changelog"))
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip().splitlines()[-1] == (

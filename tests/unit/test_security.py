@@ -6,10 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import faust
@@ -19,6 +17,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from app.errors import ConfigError
 from app.kafka.security import broker_credentials, client_config, hide_sasl_exchange, ssl_context
 from app.settings import REPO_ROOT, Settings, describe
+from tests.conftest import free_port, run_worker_to_exit
 
 PASSWORD = "s3cret-Pa55word"
 SASL = {
@@ -162,9 +161,7 @@ def test_the_worker_refuses_to_start_with_a_ca_file_it_cannot_use(
     if ca_content is not None:
         path.write_text(ca_content)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": str(path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "worker"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
-    )
+    done = run_worker_to_exit(env, timeout_s=60)
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1  # one line, before any model is loaded
@@ -192,13 +189,6 @@ def test_debug_logs_show_the_sasl_exchange_by_type_only(caplog: pytest.LogCaptur
     assert caplog.messages == ["Request to 127.0.0.1:9094 3: SaslAuthenticateRequest_v1(hidden)"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_the_worker_never_logs_the_password() -> None:
     """A worker at LOG_LEVEL=debug that starts up (models loaded, app created) and then finds no
     broker: nothing it or its libraries print contains the password. The integration test
@@ -207,12 +197,10 @@ def test_the_worker_never_logs_the_password() -> None:
         **os.environ,
         **SASL,
         "PYTHONPATH": str(REPO_ROOT),
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_free_port()}",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "LOG_LEVEL": "debug",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "worker"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+    done = run_worker_to_exit(env, timeout_s=120)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     assert "cannot reach Kafka" in output.splitlines()[-1]
