@@ -47,9 +47,14 @@ async def start_worker(
     return await asyncio.to_thread(stack.enter_context, worker)
 
 
+STOP_TIMEOUT_S = 180.0
+"""A graceful stop drains what the worker holds (at most 30 s) and leaves the group mid-churn;
+on a machine overloaded by four workers, a producer and other jobs it once took over 60 s."""
+
+
 async def stop_worker(worker: WorkerProcess) -> None:
     worker.process.terminate()
-    assert await asyncio.to_thread(worker.process.wait, 60) == 0
+    assert await asyncio.to_thread(worker.process.wait, STOP_TIMEOUT_S) == 0
 
 
 async def stream_until_set(bootstrap: str, names: Names, stop: asyncio.Event) -> int:
