@@ -55,15 +55,22 @@ class Publisher(Protocol):
     async def send_many(self, records: Sequence[OutboundRecord]) -> list[Awaitable[Any]]: ...
 
 
-@dataclass(slots=True)
-class _InFlight:
-    """One submitted record between admission and its outputs: the outcomes it awaits."""
+ShadowOutcomes = list[tuple[Runner, Outcome]]
+_Rows = tuple[list[int], list[ModelInput]]
+"""What one version's batcher is handed from a chunk: the records' positions, and their inputs."""
 
-    admission: Admitted | Refused
-    ack: Ack
-    outcome: Outcome | None = None
-    """From its serving version's batcher; None when refused or answered from the cache."""
-    shadows: list[tuple[Runner, Outcome]] | None = None
+
+# Per chunk, not per record: every object a record holds while in flight costs garbage collection time.
+@dataclass(slots=True)
+class _Chunk:
+    """Records submitted together, as admitted, and the outcomes each awaits (by position)."""
+
+    inputs: Sequence[tuple[InboundRecord, Ack]]
+    admissions: list[Admitted | Refused]
+    outcomes: list[Outcome | None]
+    """From the serving version's batcher; None where refused or answered from the cache."""
+    shadows: list[ShadowOutcomes | None] | None
+    """The shadow versions' outcomes; None when no record of the chunk has shadows."""
 
 
 class Credits:
@@ -121,7 +128,7 @@ class InferencePipeline:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._to_emit: asyncio.Queue[list[_InFlight]] = asyncio.Queue()
+        self._to_emit: asyncio.Queue[_Chunk] = asyncio.Queue()
         self._to_ack: asyncio.Queue[tuple[list[Confirmation], Awaitable[None] | None]] = asyncio.Queue()
         self._confirmer = InOrderConfirmer[Confirmation](publisher.send, self._done, retry_backoff_s, "pipeline")
         self._tasks: list[asyncio.Task[None]] = []
@@ -177,31 +184,31 @@ class InferencePipeline:
 
     # Batch and predict: one micro-batcher per model version.
 
-    def _batch(
-        self, chunk: Sequence[tuple[InboundRecord, Ack]], admissions: list[Admitted | Refused]
-    ) -> list[_InFlight]:
+    def _batch(self, inputs: Sequence[tuple[InboundRecord, Ack]], admissions: list[Admitted | Refused]) -> _Chunk:
         """Hand the admitted inputs to their versions' batchers (shadows too), in order; cache hits skip theirs."""
-        works = []
-        served: dict[Runner, tuple[list[_InFlight], list[ModelInput]]] = {}
-        shadowed: dict[Runner, tuple[list[_InFlight], list[ModelInput]]] = {}
-        for (_, ack), admission in zip(chunk, admissions, strict=True):
-            work = _InFlight(admission, ack)
-            works.append(work)
+        served: dict[Runner, _Rows] = {}
+        shadowed: dict[Runner, _Rows] = {}
+        for position, admission in enumerate(admissions):
             if isinstance(admission, Refused):
                 continue
             if admission.cached is None:
-                _collect(served, admission.runner, work, admission)
+                _collect(served, admission.runner, position, admission)
             for shadow in admission.shadows:
-                _collect(shadowed, shadow, work, admission)
-        for runner, (runner_works, inputs) in served.items():
-            for work, outcome in zip(runner_works, self._submit(runner, inputs), strict=True):
-                work.outcome = outcome
-        for shadow, (shadow_works, inputs) in shadowed.items():
-            for work, outcome in zip(shadow_works, self._submit(shadow, inputs), strict=True):
-                if work.shadows is None:
-                    work.shadows = []
-                work.shadows.append((shadow, outcome))
-        return works
+                _collect(shadowed, shadow, position, admission)
+        outcomes: list[Outcome | None] = [None] * len(admissions)
+        for runner, (positions, rows) in served.items():
+            for position, outcome in zip(positions, self._submit(runner, rows), strict=True):
+                outcomes[position] = outcome
+        if not shadowed:
+            return _Chunk(inputs, admissions, outcomes, None)
+        shadows: list[ShadowOutcomes | None] = [None] * len(admissions)
+        for shadow, (positions, rows) in shadowed.items():
+            for position, outcome in zip(positions, self._submit(shadow, rows), strict=True):
+                record_shadows = shadows[position]
+                if record_shadows is None:
+                    record_shadows = shadows[position] = []
+                record_shadows.append((shadow, outcome))
+        return _Chunk(inputs, admissions, outcomes, shadows)
 
     def _submit(self, runner: Runner, inputs: list[ModelInput]) -> list[Outcome]:
         self._pending[runner] = self._pending.get(runner, 0) + len(inputs)
@@ -256,60 +263,64 @@ class InferencePipeline:
     async def _emit_forever(self) -> None:
         step = self._batching.max_batch_size
         while True:
-            works = await self._to_emit.get()
-            for start in range(0, len(works), step):  # publish each model batch's share as soon as it is done
-                await self._emit(works[start : start + step])
+            chunk = await self._to_emit.get()
+            size = len(chunk.admissions)
+            for start in range(0, size, step):  # publish each model batch's share as soon as it is done
+                await self._emit(chunk, start, min(start + step, size))
 
-    async def _emit(self, works: list[_InFlight]) -> None:
+    async def _emit(self, chunk: _Chunk, start: int, stop: int) -> None:
         """Await each input's outcome in order, and send its outputs, the input's own last (the group is
         acked only once all of its outputs are)."""
         confirmations: list[Confirmation] = []
         outbounds: list[OutboundRecord] = []
         confirmation: Confirmation
-        for work in works:
-            if work.shadows is not None:
-                await self._emit_shadows(work, confirmations, outbounds)
-            admission = work.admission
+        for position in range(start, stop):
+            admission, ack, outcome = chunk.admissions[position], chunk.inputs[position][1], chunk.outcomes[position]
+            shadows = chunk.shadows[position] if chunk.shadows is not None else None
+            if shadows is not None:
+                assert isinstance(admission, Admitted)
+                await self._emit_shadows(admission, shadows, confirmations, outbounds)
             if isinstance(admission, Refused):
                 confirmation, outbound = self._outputs.dead_lettered(
-                    admission.record, work.ack, admission.error, admission.runner
+                    admission.record, ack, admission.error, admission.runner
                 )
-            elif work.outcome is None:
+            elif outcome is None:
                 assert admission.cached is not None
-                confirmation, outbound = self._outputs.predicted(admission, work.ack, admission.cached)
+                confirmation, outbound = self._outputs.predicted(admission, ack, admission.cached)
             else:
                 try:
-                    output = await work.outcome
+                    output = await outcome
                 except RecordError as exc:
                     self._owed(admission.runner)
-                    confirmation, outbound = self._outputs.dead_lettered(
-                        admission.record, work.ack, exc, admission.runner
-                    )
+                    confirmation, outbound = self._outputs.dead_lettered(admission.record, ack, exc, admission.runner)
                 else:
                     self._owed(admission.runner)
                     if admission.cache_key is not None and self._cache is not None:
                         self._cache.put(admission.cache_key, output.value)
-                    confirmation, outbound = self._outputs.predicted(admission, work.ack, output)
+                    confirmation, outbound = self._outputs.predicted(admission, ack, output)
             confirmations.append(confirmation)
             outbounds.append(outbound)
         deliveries = await self._publisher.send_many(outbounds)
         self._confirmer.put(list(zip(confirmations, outbounds, deliveries, strict=True)))
 
     async def _emit_shadows(
-        self, work: _InFlight, confirmations: list[Confirmation], outbounds: list[OutboundRecord]
+        self,
+        admitted: Admitted,
+        shadows: ShadowOutcomes,
+        confirmations: list[Confirmation],
+        outbounds: list[OutboundRecord],
     ) -> None:
         """Shadow results for the shadow topic; a shadow's failure is counted, never dead-lettered."""
-        assert isinstance(work.admission, Admitted) and work.shadows is not None
-        for runner, outcome in work.shadows:
+        for runner, outcome in shadows:
             try:
                 output = await outcome
             except RecordError as exc:
-                log.warning("shadow %s failed on %s: %s", runner.key, work.admission.record.source, exc.reason)
+                log.warning("shadow %s failed on %s: %s", runner.key, admitted.record.source, exc.reason)
                 self._stage_metrics.on_shadow_failed(runner)
                 continue
             finally:
                 self._owed(runner)
-            confirmation, outbound = self._outputs.shadow(work.admission, runner, output)
+            confirmation, outbound = self._outputs.shadow(admitted, runner, output)
             confirmations.append(confirmation)
             outbounds.append(outbound)
 
@@ -356,12 +367,9 @@ class InferencePipeline:
             self._on_crash(exc)
 
 
-def _collect(
-    groups: dict[Runner, tuple[list[_InFlight], list[ModelInput]]], runner: Runner, work: _InFlight, admitted: Admitted
-) -> None:
-    """Add an input to what ``runner``'s batcher is handed for this chunk."""
-    group = groups.get(runner)
+def _collect(rows: dict[Runner, _Rows], runner: Runner, position: int, admitted: Admitted) -> None:
+    group = rows.get(runner)
     if group is None:
-        group = groups[runner] = ([], [])
-    group[0].append(work)
+        group = rows[runner] = ([], [])
+    group[0].append(position)
     group[1].append(admitted.event.input)

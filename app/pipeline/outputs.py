@@ -25,6 +25,7 @@ from app.models.runner import ModelOutput, Runner
 from app.pipeline.admission import Admitted, InboundRecord
 from app.pipeline.batcher import Batched
 from app.records.dead_letters import dead_letter_headers
+from app.records.events import SourceRef
 from app.records.observations import Observation, source_name
 from app.records.results import build_result, encode_result
 from app.settings import TopicSettings
@@ -35,27 +36,30 @@ Ack = Callable[[], Any]
 """Mark the input record done (may return an awaitable)."""
 
 
+# Only what delivery and the statistics need, so the event and its input are freed once built.
 @dataclass(slots=True)
 class Predicted:
     """An input whose PredictionResult was built."""
 
-    admitted: Admitted
+    source: SourceRef
     ack: Ack
+    runner: Runner
+    event_time_ms: float
     output: Batched[ModelOutput]
     latency_s: float
     """From the event's time to the result's building, as the result says."""
 
     def __str__(self) -> str:
-        return str(self.admitted.record.source)
+        return str(self.source)
 
     def observation(self) -> Observation:
-        record, metadata, output = self.admitted.record, self.admitted.runner.metadata, self.output.value
+        source, metadata, output = self.source, self.runner.metadata, self.output.value
         return Observation(
             metadata.name,
             metadata.version,
-            self.admitted.event.event_time_ms,
-            source_name(record.source.topic, record.source.partition),
-            record.source.offset,
+            self.event_time_ms,
+            source_name(source.topic, source.partition),
+            source.offset,
             prediction=output.prediction,
             label=output.label,
             latency_ms=self.latency_s * 1000.0,
@@ -88,10 +92,10 @@ class ShadowResult:
     """A shadow version's result for an input."""
 
     runner: Runner
-    admitted: Admitted
+    source: SourceRef
 
     def __str__(self) -> str:
-        return f"shadow {self.runner.key} of {self.admitted.record.source}"
+        return f"shadow {self.runner.key} of {self.source}"
 
 
 Confirmation = Predicted | DeadLettered | ShadowResult
@@ -118,7 +122,10 @@ class Outputs:
         outbound = OutboundRecord(
             self._topics.output_topic, record.key, encode_result(result), [], source=record.source
         )
-        return Predicted(admitted, ack, output, result["latency_ms"] / 1000.0), outbound
+        predicted = Predicted(
+            record.source, ack, admitted.runner, admitted.event.event_time_ms, output, result["latency_ms"] / 1000.0
+        )
+        return predicted, outbound
 
     def dead_lettered(
         self, record: InboundRecord, ack: Ack, error: RecordError, runner: Runner | None
@@ -139,4 +146,4 @@ class Outputs:
         outbound = OutboundRecord(
             self._topics.shadow_topic, record.key, encode_result(result), [], source=record.source
         )
-        return ShadowResult(runner, admitted), outbound
+        return ShadowResult(runner, record.source), outbound

@@ -89,9 +89,9 @@ class StageMetrics:
         shadows: dict[Runner, int] = {}
         for item in confirmations:
             if isinstance(item, Predicted):
-                latencies = predicted.get(item.admitted.runner)
+                latencies = predicted.get(item.runner)
                 if latencies is None:
-                    predicted[item.admitted.runner] = [item.latency_s]
+                    predicted[item.runner] = [item.latency_s]
                 else:
                     latencies.append(item.latency_s)
             elif isinstance(item, DeadLettered):
