@@ -96,9 +96,6 @@ class MicroBatcher(Generic[T, R]):
         self._wakeup.set()
         return futures
 
-    def __len__(self) -> int:
-        return len(self._queue)
-
     async def _run_forever(self) -> None:
         while True:
             if not self._queue:

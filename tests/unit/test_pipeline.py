@@ -17,8 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
+from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
 from app.models.runner import Runner
+from app.pipeline.admission import Admission, Admitted, Refused
 from app.pipeline.inference import InboundRecord, InferencePipeline, OutboundRecord
 from app.records.events import SourceRef
 from app.settings import REPO_ROOT, ModelSettings, Settings
@@ -255,4 +257,50 @@ async def test_a_switch_between_batches_tags_each_result_with_its_producer(tmp_p
     assert [(r["offset"], r["model_version"]) for r in results] == [(n, "1" if n < 4 else "2") for n in range(8)]
     assert {r["batch_size"] for r in results} == {4}
     assert old not in pipeline._batchers  # retired and closed once its last records were out
+    await pipeline.stop()
+
+
+def test_admission_refuses_with_the_reason_and_the_model_meant(catalog: ModelCatalog, runner: Runner) -> None:
+    admission = Admission(catalog, DEFAULTS.batching.max_record_bytes)
+    broken = admission.admit(record(0, runner, valid=False))
+    assert isinstance(broken, Refused)
+    assert (broken.error.error_class, broken.runner) == ("invalid_json", None)  # never routed
+    value = orjson.dumps({"event_id": "e1", "user_id": "u", "features": [1.0], "timestamp": 0})
+    misfit = admission.admit(InboundRecord(SourceRef("events", 0, 1), b"u", value))
+    assert isinstance(misfit, Refused)
+    assert (misfit.error.error_class, misfit.runner) == ("wrong_feature_count", runner)  # its dead letter names it
+    admitted = admission.admit(record(2, runner))
+    assert isinstance(admitted, Admitted)
+    assert (admitted.runner, admitted.shadows, admitted.cached, admitted.cache_key) == (runner, [], None, None)
+
+
+async def test_metrics_are_taken_at_each_stage(shadowed: ModelCatalog, runner: Runner) -> None:
+    metrics = Metrics()
+    settings = dataclasses.replace(DEFAULTS.batching, max_wait_ms=1.0, result_cache_size=10)
+    pipeline = InferencePipeline(settings, DEFAULTS.topics, shadowed, AckingProducer(), 0.01, metrics=metrics)
+    pipeline.start()
+    await pipeline.submit_many([(record(n, runner, valid=n != 3), lambda: None) for n in range(4)])
+    await pipeline.drain()
+    await pipeline.submit(record(4, runner), lambda: None)  # a cache hit: no forward, the shadow still runs
+    await pipeline.drain()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    model, served, shadow = {"model": "breast-cancer"}, {"version": "1"}, {"version": "2"}
+    assert sample("inference_events_consumed_total", topic="events") == 5
+    assert sample("inference_result_cache_misses_total", **model) == 3
+    assert sample("inference_result_cache_hits_total", **model) == 1
+    assert sample("inference_batch_size_count", **model) == 3  # served 3, shadow 3 then 1
+    assert sample("inference_batch_size_sum", **model) == 7
+    assert sample("inference_queue_wait_seconds_count", **model) == 7
+    assert sample("inference_model_compute_seconds_count", **model, **served) == 1
+    assert sample("inference_model_compute_seconds_count", **model, **shadow) == 2
+    assert sample("inference_predictions_total", **model, **served) == 4
+    assert sample("inference_end_to_end_latency_seconds_count", **model) == 4
+    assert sample("inference_dead_letters_total", reason="invalid_json") == 1
+    assert sample("inference_shadow_predictions_total", **model, **shadow) == 4
+    assert sample("inference_shadow_errors_total", **model, **shadow) is None
+    assert sample("inference_records_in_flight") == 0
+    assert dataclasses.asdict(pipeline.counts) == {"consumed": 5, "predicted": 4, "dead_lettered": 1, "batches": 3}
     await pipeline.stop()
