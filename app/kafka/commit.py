@@ -43,7 +43,11 @@ class CommitPolicy(Protocol):
     """``at_least_once`` or ``exactly_once``, as PROCESSING_GUARANTEE names them."""
     read_committed: bool
     """Whether the worker's consumers read with isolation.level=read_committed."""
-    publisher: Publisher
+
+    @property
+    def publisher(self) -> Publisher:
+        """Where the pipeline sends outputs; taken once the event loop runs (aiokafka needs it)."""
+        ...
 
     def commits_offsets_of(self, topic: str) -> bool:
         """Whether faust's offset commits cover this topic (else transactions commit its offsets)."""
@@ -59,7 +63,15 @@ class AtLeastOnce:
     read_committed = False
 
     def __init__(self, bootstrap_servers: str, **client_config: Any) -> None:
-        self.publisher: Publisher = OutputProducer(bootstrap_servers, **client_config)
+        self._bootstrap_servers = bootstrap_servers
+        self._client_config = client_config
+        self._producer: OutputProducer | None = None
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._producer is None:  # created in the running loop: aiokafka's producer binds to it
+            self._producer = OutputProducer(self._bootstrap_servers, **self._client_config)
+        return self._producer
 
     def commits_offsets_of(self, topic: str) -> bool:
         return True
@@ -75,7 +87,10 @@ class ExactlyOnce:
     def __init__(self, input_topic: str, transactions: TransactionalPublisher) -> None:
         self._input_topic = input_topic
         self._transactions = transactions
-        self.publisher: Publisher = transactions
+
+    @property
+    def publisher(self) -> Publisher:
+        return self._transactions
 
     def commits_offsets_of(self, topic: str) -> bool:
         # A commit of offsets acked a moment ago could land after a newer transaction's commit
