@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable
 from functools import partial
 from typing import Any, cast
@@ -101,9 +100,10 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_request_timeout=30.0,
         broker_commit_interval=1.0,
-        # faust's settings read PROCESSING_GUARANTEE from the environment too, over any argument; its
-        # own exactly_once does not cover outputs sent outside its producer: off (see app.kafka.transactions).
-        env={name: value for name, value in os.environ.items() if name != "PROCESSING_GUARANTEE"},
+        # faust reads ~70 variables of its own from the environment, over these arguments (BROKER_URL,
+        # CONSUMER_AUTO_OFFSET_RESET, PROCESSING_GUARANTEE, ...): a leftover one would silently change
+        # the consumer but not the worker's other clients. It gets none: only what is set here.
+        env={},
         broker_session_timeout=settings.kafka.session_timeout_s,
         broker_heartbeat_interval=settings.kafka.session_timeout_s / 10,
         web_host=settings.web.web_host,

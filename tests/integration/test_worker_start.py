@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from app.kafka.topics import ensure_topics
 from tests.conftest import ROOT, free_port, run_worker_to_exit
 from tests.integration.conftest import Names, create_topics, running_worker, worker_env
+from tests.integration.streams import event_value, produce, read_outputs
 
 
 def test_internal_topics_left_by_a_worker_of_another_input_width_are_one_clear_line(
@@ -73,6 +74,27 @@ async def partition_counts(bootstrap_servers: str, prefix: str) -> dict[str, int
     finally:
         await admin.close()
     return {t["topic"]: len(t["partitions"]) for t in topics if t["topic"].startswith(prefix)}
+
+
+FAUST_VARIABLES = {
+    "BROKER_URL": "kafka://127.0.0.1:1",
+    "CONSUMER_AUTO_OFFSET_RESET": "latest",
+    "APP_DATADIR": "/nonexistent/faust-data",
+    "TOPIC_REPLICATION_FACTOR": "3",
+}
+"""faust's own environment variables, set to values that would break or change a worker that read them."""
+
+
+def test_faust_own_environment_variables_change_nothing(bootstrap_servers: str, names: Names, tmp_path: Path) -> None:
+    """Events sent before the worker starts are predicted (a new group starts at the earliest offset)
+    although CONSUMER_AUTO_OFFSET_RESET says latest, on the broker KAFKA_BOOTSTRAP_SERVERS names
+    although BROKER_URL names another."""
+    create_topics(bootstrap_servers, names)
+    asyncio.run(produce(bootstrap_servers, names.input_topic, event_value, 200))
+    env = worker_env(bootstrap_servers, names, tmp_path, **FAUST_VARIABLES)
+    with running_worker(env, tmp_path / "worker.log"):
+        outputs = asyncio.run(read_outputs(bootstrap_servers, (names.output_topic,), lambda r: len(r) >= 200, 60))
+    assert {output.result["event_id"] for output in outputs} == {f"e-{i}" for i in range(200)}
 
 
 def test_topics_just_created_are_counted_with_their_partitions(bootstrap_servers: str) -> None:
