@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(settings: Settings) -> int:
     from faust.worker import Worker
 
-    from app.kafka.topics import check_internal_topics, ensure_topics, worker_topics
+    from app.kafka.topics import check_internal_topics, ensure_worker_topics
     from app.metrics import Metrics
     from app.worker import create_app, internal_topics, load_catalog
 
@@ -111,11 +111,7 @@ def _worker(settings: Settings) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     config = client_config(settings.kafka)
-    partitions = loop.run_until_complete(
-        ensure_topics(
-            settings.kafka.bootstrap_servers, worker_topics(settings.topics), settings.topics.topic_partitions, **config
-        )
-    )
+    partitions = loop.run_until_complete(ensure_worker_topics(settings))
     app = create_app(settings, partitions[settings.topics.input_topic], catalog, metrics)
     loop.run_until_complete(
         check_internal_topics(settings.kafka.bootstrap_servers, internal_topics(app), settings.worker.app_id, **config)
@@ -132,14 +128,12 @@ def _worker(settings: Settings) -> int:
 
 
 async def _produce(args: argparse.Namespace, settings: Settings) -> int:
-    from app.kafka.topics import ensure_topics, worker_topics
+    from app.kafka.topics import ensure_worker_topics
     from app.models.registry import ModelRegistry
     from app.tools.produce import EventFactory, produce_events
 
     config = client_config(settings.kafka)
-    await ensure_topics(
-        settings.kafka.bootstrap_servers, worker_topics(settings.topics), settings.topics.topic_partitions, **config
-    )
+    await ensure_worker_topics(settings)
     metadata = ModelRegistry(settings.models.model_dir).metadata(
         args.model or settings.models.default_model, settings.models.model_version
     )

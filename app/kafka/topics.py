@@ -14,7 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 
 from app.errors import ConfigError
-from app.settings import TopicSettings
+from app.kafka.security import client_config
+from app.settings import Settings, TopicSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,13 @@ def worker_topics(topics: TopicSettings) -> tuple[str, ...]:
         topics.stats_topic,
         topics.shadow_topic,
     )
+
+
+async def ensure_worker_topics(settings: Settings) -> dict[str, int]:
+    """``ensure_topics`` for the topics of ``worker_topics``, with TOPIC_PARTITIONS and the Kafka settings."""
+    kafka, topics = settings.kafka, settings.topics
+    names = worker_topics(topics)
+    return await ensure_topics(kafka.bootstrap_servers, names, topics.topic_partitions, **client_config(kafka))
 
 
 async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int, **config: Any) -> dict[str, int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from app.kafka.security import client_config
-from app.kafka.topics import ensure_topics, worker_topics
+from app.kafka.topics import ensure_worker_topics
 from app.models.registry import ModelRegistry
 from app.settings import Settings
 from app.tools.produce import EventFactory, produce_events
@@ -48,12 +48,7 @@ def wait_ready(port: int, worker: subprocess.Popen[bytes], log_path: Path, timeo
 
 
 async def run_demo(settings: Settings, count: int, rate: float, malformed: float) -> int:
-    await ensure_topics(
-        settings.kafka.bootstrap_servers,
-        worker_topics(settings.topics),
-        settings.topics.topic_partitions,
-        **client_config(settings.kafka),
-    )
+    await ensure_worker_topics(settings)
     log_path = Path(settings.worker.data_dir) / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
