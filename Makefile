@@ -3,8 +3,11 @@
 #   make test   set up, start the local broker, run unit and integration tests
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-VENV = $(shell scripts/venv.sh)
-PYTHON = $(VENV)/bin/python
+# The one cached environment (scripts/venv.sh), with the extras each target needs added on first use:
+# run needs none, lint and the tests dev + text + onnx, the benchmark text + onnx + bench.
+venv = $(shell scripts/venv.sh $(1))
+TEST_EXTRAS = dev text onnx
+PYTHON = $(call venv,$(TEST_EXTRAS))/bin/python
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: help venv kafka-up kafka-down kafka-status run test test-unit lint bench bench-quick model settings-table clean
@@ -12,8 +15,8 @@ export PYTHONPATH := $(CURDIR)
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-venv: ## create (or reuse) the cached virtual environment
-	@echo "$(VENV)"
+venv: ## create (or reuse) the cached virtual environment with the test extras; EXTRAS="..." picks others
+	@echo "$(call venv,$(if $(EXTRAS),$(EXTRAS),$(TEST_EXTRAS)))"
 
 kafka-up: ## start the local Kafka broker (no-op when up); FRESH=1 wipes its data first
 	@kafka/kafka.sh up $(if $(FRESH),--fresh)
@@ -25,7 +28,9 @@ kafka-status: ## say whether the broker answers
 	@kafka/kafka.sh status
 
 run: kafka-up ## the demo: a worker with the default model, sample events in, predictions out
-	@$(PYTHON) -m app demo
+	@$(call venv,)/bin/python -m app demo
+	@echo "run it yourself: pip install . (in a virtual environment), then: inference-worker worker"
+	@echo "  (from this checkout: PYTHONPATH=$(CURDIR) $(call venv,)/bin/python -m app worker; see README.md, Install)"
 
 test: kafka-up ## unit and integration tests against the real local broker
 	@$(PYTHON) -m pytest -q tests
@@ -37,16 +42,18 @@ lint: ## ruff, mypy, and the import contracts (import-linter: layers, private up
 	@$(PYTHON) -m ruff check .
 	@$(PYTHON) -m ruff format --check .
 	@$(PYTHON) -m mypy
-	@$(VENV)/bin/lint-imports
+	@$(dir $(PYTHON))lint-imports
+
+BENCH_PYTHON = $(call venv,text onnx bench)/bin/python
 
 bench: kafka-up ## benchmark this worker against its peers (several minutes); writes benchmarks/
-	@$(PYTHON) -m benchmarks.bench
+	@$(BENCH_PYTHON) -m benchmarks.bench
 
 bench-quick: kafka-up ## only the per-system throughput and latency
-	@$(PYTHON) -m benchmarks.bench --quick --events 30000
+	@$(BENCH_PYTHON) -m benchmarks.bench --quick --events 30000
 
 settings-table: ## rewrite the README's settings table from app/settings.py
-	@$(PYTHON) -c 'import pathlib, re; from app.settings import markdown_table; p = pathlib.Path("README.md"); \
+	@$(call venv,)/bin/python -c 'import pathlib, re; from app.settings import markdown_table; p = pathlib.Path("README.md"); \
 	  p.write_text(re.sub(r"(<!-- settings-table:start -->\n).*?(\n<!-- settings-table:end -->)", lambda m: m[1] + markdown_table() + m[2], p.read_text(), flags=re.S))'
 
 model: ## retrain the default model into models/ (needs the dev extras: scikit-learn)

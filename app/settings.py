@@ -22,6 +22,12 @@ from typing import Any
 from app.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The checkout, when the package runs from one (tests, benchmarks); an installed copy has none."""
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+"""Files shipped inside the package: ``models/`` (the default registry) and ``schemas/``. In a
+checkout they are symlinks to the top-level folders; a built wheel carries them as files."""
+BUNDLED_MODELS = BUNDLED_DIR / "models"
+BUNDLED_SCHEMAS = BUNDLED_DIR / "schemas"
 
 
 @dataclass(frozen=True)
@@ -188,7 +194,7 @@ class ModelSettings:
 
     model_dir: Path = setting(
         "MODEL_DIR",
-        str(REPO_ROOT / "models"),
+        str(BUNDLED_MODELS),
         "model registry root: <MODEL_DIR>/<name>/<version>/ holding metadata.json and the artifact",
     )
     model_names: tuple[str, ...] = setting(
@@ -462,7 +468,7 @@ def markdown_table() -> str:
     for section, d in declarations():
         default = f"`{d.default}`" if d.default else "(empty)"
         if d.env == "MODEL_DIR":
-            default = "`models/` of the checkout"
+            default = "the models shipped in the package (`models/` of the checkout)"
         meaning = d.help.replace("|", r"\|")
         rows.append(f"| {section} | `{d.env}` | {default} | {meaning} |")
     return "\n".join(rows)

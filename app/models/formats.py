@@ -78,14 +78,22 @@ class OnnxModule(nn.Module):
     dtype the runner holds, and the output comes back in the input's dtype.
     """
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, output_name: str | None = None) -> None:
         super().__init__()
         self.session = session
         self.input_name: str = session.get_inputs()[0].name
+        outputs = [output.name for output in session.get_outputs()]
+        if output_name is not None and output_name not in outputs:
+            raise ModelLoadError(f"ONNX model has no output {output_name!r} (output_name); it has {outputs}")
+        self.output_name: str = output_name or outputs[0]
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         array = batch.detach().to(device="cpu", dtype=torch.float32).numpy()
-        output = self.session.run(None, {self.input_name: array})[0]
+        output = self.session.run([self.output_name], {self.input_name: array})[0]
+        if not hasattr(output, "dtype"):  # e.g. skl2onnx's ZipMap: a list of {label: probability} maps
+            raise TypeError(
+                f"ONNX output {self.output_name!r} is not a tensor (a ZipMap? export with options={{'zipmap': False}})"
+            )
         return torch.from_numpy(output).to(device=batch.device, dtype=batch.dtype)
 
 
@@ -104,7 +112,10 @@ def load_onnx(version_dir: Path, metadata: ModelMetadata) -> nn.Module:
     session = onnxruntime.InferenceSession(
         str(version_dir / metadata.artifact), options, providers=["CPUExecutionProvider"]
     )
-    return OnnxModule(session)
+    try:
+        return OnnxModule(session, metadata.output_name)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model {metadata.name}/{metadata.version}: {exc}") from None
 
 
 def load_sentence_transformers(version_dir: Path, metadata: ModelMetadata) -> nn.Module:

@@ -1,12 +1,22 @@
-"""A model version's metadata.json, parsed and checked: what the model takes, returns and is called."""
+"""A model version's metadata.json, parsed and checked: what the model takes, returns and is called.
+
+The document is checked against ``schemas/model_metadata.schema.json`` (shipped in the package),
+then for what a schema cannot express; any problem is one ``ModelLoadError`` line naming the file.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
 from app.errors import ModelLoadError
+from app.settings import BUNDLED_SCHEMAS
 
 METADATA_FILE = "metadata.json"
 ENSEMBLE_FORMAT = "ensemble"
@@ -16,6 +26,23 @@ ARTIFACT_FORMATS = ("torch.export", "torchscript", "state_dict", "onnx", "senten
 SUPPORTED_FORMATS = (*ARTIFACT_FORMATS, ENSEMBLE_FORMAT)
 KINDS = ("classifier", "regressor", "embedding")
 INPUTS = ("features", "text")
+OUTPUTS = ("logits", "probabilities", "score", "embedding")
+"""What a model returns per input (metadata ``output``); see the schema's description."""
+DEFAULT_OUTPUT = {"classifier": "logits", "regressor": "score", "embedding": "embedding"}
+SCHEMA_FILE = "model_metadata.schema.json"
+
+
+@functools.cache
+def _schema() -> Draft202012Validator:
+    return Draft202012Validator(json.loads((BUNDLED_SCHEMAS / SCHEMA_FILE).read_text()))
+
+
+def check_against_schema(document: dict[str, Any], where: Path) -> None:
+    """Raise ModelLoadError, one line, when ``document`` does not match the metadata schema."""
+    error = best_match(_schema().iter_errors(document))
+    if error is not None:
+        at = "".join(f"[{step!r}]" if isinstance(step, int) else f".{step}" for step in error.absolute_path)
+        raise ModelLoadError(f"{where}: does not match {SCHEMA_FILE} at metadata{at}: {error.message}")
 
 
 class ModelKey(NamedTuple):
@@ -41,23 +68,31 @@ class ModelMetadata:
     positive_label: str | None = None
     input: str = "features"
     """What events carry for this model: ``features`` (input_size numbers) or ``text`` (a string)."""
+    output: str = "logits"
+    """What the model returns: ``logits``, ``probabilities``, ``score`` or ``embedding`` (``OUTPUTS``)."""
+    output_name: str | None = None
+    """ONNX: the graph output to read; None: the first."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], where: Path) -> ModelMetadata:
+        check_against_schema(document, where)
         try:
+            kind = str(document["kind"])
             metadata = cls(
                 name=str(document["name"]),
                 version=str(document["version"]),
                 format=str(document["format"]),
                 artifact=str(document["artifact"]),
-                kind=str(document["kind"]),
+                kind=kind,
                 # Text models take a string, not a vector: they have no input_size.
                 input_size=int(document["input_size"] if document.get("input") != "text" else 0),
                 feature_names=tuple(document.get("feature_names", ())),
                 labels=tuple(document.get("labels", ())),
                 positive_label=document.get("positive_label"),
                 input=str(document.get("input", "features")),
+                output=str(document.get("output", DEFAULT_OUTPUT.get(kind, "logits"))),
+                output_name=document.get("output_name"),
                 extra={k: v for k, v in document.items() if k not in _CORE_FIELDS},
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -86,6 +121,12 @@ class ModelMetadata:
             problems.append("a classifier needs at least two labels")
         if self.positive_label is not None and self.positive_label not in self.labels:
             problems.append(f"positive_label {self.positive_label!r} is not among the labels")
+        if self.input == "features" and self.feature_names and len(self.feature_names) != self.input_size:
+            problems.append(f"{len(self.feature_names)} feature_names for input_size {self.input_size}")
+        if self.output not in OUTPUTS:
+            problems.append(f"output {self.output!r} is not one of {OUTPUTS}")
+        if self.output_name is not None and self.format != "onnx":
+            problems.append("output_name applies to ONNX models only")
         if problems:
             raise ModelLoadError(f"{where}: " + "; ".join(problems))
 
@@ -101,6 +142,8 @@ class ModelMetadata:
             "feature_names": list(self.feature_names),
             "labels": list(self.labels),
             "positive_label": self.positive_label,
+            "output": self.output,
+            **({"output_name": self.output_name} if self.output_name is not None else {}),
             **self.extra,
         }
 
@@ -116,4 +159,6 @@ _CORE_FIELDS = {
     "labels",
     "positive_label",
     "input",
+    "output",
+    "output_name",
 }

@@ -31,8 +31,13 @@ class ModelRegistry:
 
     def versions(self, name: str) -> list[str]:
         model_dir = self.root / name
+        if not self.root.is_dir():
+            raise ModelLoadError(
+                f"MODEL_DIR {self.root} is not a folder: set MODEL_DIR to your model registry "
+                "(<MODEL_DIR>/<name>/<version>/metadata.json)"
+            )
         if not model_dir.is_dir():
-            raise ModelLoadError(f"model {name!r} not found: no folder {model_dir}")
+            raise ModelLoadError(f"model {name!r} not found: no folder {model_dir} (MODEL_DIR={self.root})")
         found = [child.name for child in model_dir.iterdir() if (child / METADATA_FILE).is_file()]
         return sorted(found, key=version_key)
 

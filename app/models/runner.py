@@ -34,6 +34,8 @@ from app.models.tuning import compile_module, quantize
 log = logging.getLogger(__name__)
 
 INLINE_FORWARD_MAX_MS = 2.0
+PROBABILITY_TOLERANCE = 1e-2
+"""How far a row of declared probabilities may sum from 1 (float16 models round)."""
 
 ModelInput = list[float] | str
 """One event's input: its features, or its text for a text model (metadata ``input``)."""
@@ -176,6 +178,8 @@ class ModelRunner(OffLoopPredictor):
             raw = self._module(batch)
             if self.metadata.kind == "classifier":
                 return self._classify(raw)
+            if self.metadata.output == "embedding":
+                return self._vectors(raw.float().reshape(len(rows), -1).cpu())
             return [ModelOutput(prediction=float(value)) for value in raw.reshape(len(rows)).float().cpu().tolist()]
 
     def close(self) -> None:
@@ -184,15 +188,35 @@ class ModelRunner(OffLoopPredictor):
     def _embed(self, embedder: TextEmbedder, texts: Sequence[ModelInput]) -> list[ModelOutput]:
         if not all(isinstance(text, str) for text in texts):
             raise TypeError(f"model {self.key} takes texts")
-        vectors = embedder.embed(cast(Sequence[str], texts)).float().cpu()
+        return self._vectors(embedder.embed(cast(Sequence[str], texts)).float().cpu())
+
+    @staticmethod
+    def _vectors(vectors: torch.Tensor) -> list[ModelOutput]:
         norms = torch.linalg.vector_norm(vectors, dim=1).tolist()
         return [ModelOutput(norm, embedding=vector) for norm, vector in zip(norms, vectors.tolist(), strict=True)]
 
-    def _classify(self, logits: torch.Tensor) -> list[ModelOutput]:
+    def _classify(self, raw: torch.Tensor) -> list[ModelOutput]:
+        """Probabilities per label from what the model returns (metadata ``output``), then the winner."""
         labels = self.metadata.labels
-        if logits.ndim != 2 or logits.shape[1] != len(labels):
-            raise ValueError(f"classifier output shape {tuple(logits.shape)} does not match {len(labels)} labels")
-        probabilities = torch.softmax(logits.float(), dim=1)
+        output = self.metadata.output
+        if output == "score":  # P(positive_label) of a two-label classifier, one number per input
+            if raw.numel() != raw.shape[0]:
+                raise ValueError(f"classifier output shape {tuple(raw.shape)} is not one score per input")
+            positive = raw.float().reshape(-1, 1)
+            probabilities = torch.cat((1 - positive, positive) if self._positive == 1 else (positive, 1 - positive), 1)
+        elif raw.ndim != 2 or raw.shape[1] != len(labels):
+            raise ValueError(f"classifier output shape {tuple(raw.shape)} does not match {len(labels)} labels")
+        elif output == "probabilities":
+            probabilities = raw.float()
+        else:  # logits
+            probabilities = torch.softmax(raw.float(), dim=1)
+        if output != "logits":
+            sums = probabilities.sum(dim=1)
+            if not bool(((sums - 1).abs() < PROBABILITY_TOLERANCE).all() and (probabilities >= 0).all()):
+                raise ValueError(
+                    f"model {self.key} declares output {output!r} but returned values outside [0, 1] or rows not "
+                    "summing to 1 (logits? then declare output 'logits')"
+                )
         winners = probabilities.argmax(dim=1).cpu().tolist()
         table = probabilities.cpu().tolist()
         outputs = []

@@ -72,7 +72,7 @@ class Admission:
         try:
             event = parse_event(record.value, record.source, self._max_record_bytes)
             runner, shadows = self._catalog.select(event.model, event.user_id)
-            check_input(event, runner)
+            event = check_input(event, runner)
         except InvalidRecord as exc:
             return Refused(record, exc, runner)
         if self._cache is None:
@@ -84,19 +84,47 @@ class Admission:
         return Admitted(record, event, runner, shadows, cached=Batched(cached, 0))
 
 
-def check_input(event: PredictionEvent, runner: Runner) -> None:
-    """Raise InvalidRecord when the event's input does not fit the model."""
+def check_input(event: PredictionEvent, runner: Runner) -> PredictionEvent:
+    """The event with its features in the model's order; InvalidRecord when its input does not fit the model."""
     wanted = runner.metadata.input
     given = "features" if event.text is None else "text"
     if given != wanted:
         raise InvalidRecord("wrong_input_kind", f"the event carries {given}, model {runner.key} takes {wanted}")
     if event.text is not None:
-        return
+        return event
+    if event.named_features is not None:
+        return event.with_features(ordered_features(event.named_features, runner))
     expected = runner.metadata.input_size
     if len(event.features) != expected:
         raise InvalidRecord(
             "wrong_feature_count", f"{len(event.features)} features given, model {runner.key} takes {expected}"
         )
+    return event
+
+
+def ordered_features(named: dict[str, float], runner: Runner) -> list[float]:
+    """Named features as the model takes them: in the order of its metadata's ``feature_names``."""
+    names = runner.metadata.feature_names
+    if not names:
+        raise InvalidRecord(
+            "wrong_feature_names", f"model {runner.key} has no feature_names: send 'features' as an array"
+        )
+    try:
+        features = [named[name] for name in names]
+    except KeyError:
+        missing = [name for name in names if name not in named]
+        raise InvalidRecord(
+            "wrong_feature_names", f"model {runner.key} needs {len(missing)} more: {_listed(missing)}"
+        ) from None
+    if len(named) != len(names):
+        unknown = [name for name in named if name not in set(names)]
+        raise InvalidRecord("wrong_feature_names", f"model {runner.key} takes no {_listed(unknown)}")
+    return features
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(repr(name[:64]) for name in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def cache_key(runner: Runner, event: PredictionEvent) -> CacheKey:

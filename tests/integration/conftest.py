@@ -177,12 +177,19 @@ def worker_env(bootstrap_servers: str, names: Names, tmp_path: Path, **extra: st
 
 
 @contextmanager
-def running_worker(env: dict[str, str], log: Path, ready_timeout_s: float = 120.0) -> Iterator[WorkerProcess]:
+def running_worker(
+    env: dict[str, str],
+    log: Path,
+    ready_timeout_s: float = 120.0,
+    command: tuple[str, ...] = WORKER_COMMAND,
+    cwd: Path = ROOT,
+) -> Iterator[WorkerProcess]:
+    """A worker process (``command``, by default the checkout's), stopped with SIGTERM at the end."""
     port = free_port()
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            WORKER_COMMAND,
-            cwd=ROOT,
+            command,
+            cwd=cwd,
             env={**env, "WEB_PORT": str(port)},
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -162,6 +162,8 @@ def test_ensemble_members_must_agree(tmp_path: Path) -> None:
     ensemble(tmp_path, "vote")
     metadata_path = tmp_path / "pair" / "1" / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
-    metadata_path.write_text(json.dumps({**metadata, "input_size": 12}))
+    metadata_path.write_text(
+        json.dumps({**metadata, "input_size": 12, "feature_names": metadata["feature_names"][:12]})
+    )
     with pytest.raises(ModelLoadError, match="input_size 30 != 12"):
         catalog_for(tmp_path, model_names=("pair",))

@@ -111,7 +111,18 @@ CASES: list[dict[str, Any]] = [
     {**TEXT, "features": [1.0]},
     {**TEXT, "features": None},
     {**VALID, "text": None},
+    {**VALID, "features": {"mean radius": 14.1, "mean texture": 19}},
+    {**VALID, "features": {}},
+    {**VALID, "features": {"mean radius": "14.1"}},
+    {**VALID, "features": {"mean radius": True}},
+    {**VALID, "features": {"mean radius": None}},
 ]
+
+
+def test_named_features_are_kept_by_name_until_the_model_orders_them() -> None:
+    event = parse_event(orjson.dumps({**VALID, "features": {"b": 2, "a": 1.5}}), SOURCE, LIMIT)
+    assert (event.features, event.named_features) == ([], {"b": 2, "a": 1.5})
+    assert event.with_features([1.5, 2]).features == [1.5, 2]
 
 
 def test_parses_a_text_event() -> None:

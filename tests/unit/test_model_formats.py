@@ -161,7 +161,7 @@ class Exploit:
     [
         ({"module": "no_such_package.models:Net"}, "cannot import"),
         ({"module": "json:dumps"}, "is not a torch.nn.Module"),
-        ({"module": "TinyNet"}, 'needs "module"'),
+        ({"module": "TinyNet"}, "does not match model_metadata.schema.json at metadata.module"),
     ],
 )
 def test_state_dict_needs_an_importable_module_class(

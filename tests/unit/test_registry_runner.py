@@ -68,7 +68,10 @@ def test_warm_up_covers_every_bucket() -> None:
     [
         (lambda d: (d / "model.pt2").write_bytes(b"not a model"), "cannot load"),
         (lambda d: (d / "metadata.json").write_text("{"), "cannot read metadata"),
-        (lambda d: (d / "metadata.json").write_text('{"name": "breast-cancer"}'), "missing or has a bad field"),
+        (
+            lambda d: (d / "metadata.json").write_text('{"name": "breast-cancer"}'),
+            "does not match model_metadata.schema.json",
+        ),
         (lambda d: (d / "model.pt2").unlink(), "cannot load"),
     ],
 )
