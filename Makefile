@@ -29,8 +29,9 @@ kafka-status: ## say whether the broker answers
 
 run: kafka-up ## the demo: a worker with the default model, sample events in, predictions out
 	@$(call venv,)/bin/python -m app demo
-	@echo "run it yourself: pip install . (in a virtual environment), then: inference-worker worker"
-	@echo "  (from this checkout: PYTHONPATH=$(CURDIR) $(call venv,)/bin/python -m app worker; see README.md, Install)"
+	@echo "run the worker yourself (README.md, Install): in a virtual environment,"
+	@echo "  pip install -c requirements/constraints.txt .   then   inference-worker worker"
+	@echo "or from this checkout: PYTHONPATH=$(CURDIR) $(call venv,)/bin/python -m app worker"
 
 test: kafka-up ## unit and integration tests against the real local broker
 	@$(PYTHON) -m pytest -q tests

