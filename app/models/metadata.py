@@ -42,7 +42,8 @@ def check_against_schema(document: dict[str, Any], where: Path) -> None:
     error = best_match(_schema().iter_errors(document))
     if error is not None:
         at = "".join(f"[{step!r}]" if isinstance(step, int) else f".{step}" for step in error.absolute_path)
-        raise ModelLoadError(f"{where}: does not match {SCHEMA_FILE} at metadata{at}: {error.message}")
+        message = error.message if len(error.message) <= 300 else error.message[:300] + "..."
+        raise ModelLoadError(f"{where}: does not match {SCHEMA_FILE} at metadata{at}: {message}")
 
 
 class ModelKey(NamedTuple):

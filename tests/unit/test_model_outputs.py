@@ -95,7 +95,7 @@ BASE: dict[str, Any] = {
         ({"output": "odds"}, "at metadata.output: 'odds' is not one of"),
         ({"kind": "regressor", "output": "probabilities"}, "at metadata.output: 'score' was expected"),
         ({"output": "score"}, "'positive_label' is a required property"),
-        ({"format": "torch.export", "output_name": "probabilities"}, "does not match model_metadata.schema.json"),
+        ({"format": "torch.export", "output_name": "probabilities"}, "output_name applies to ONNX models only"),
         ({"labels": ["only"]}, "at metadata.labels"),
         ({"input_size": 0}, "at metadata.input_size"),
         ({"feature_names": ["a", "b", "c"]}, "3 feature_names for input_size 2"),
