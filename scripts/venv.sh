@@ -52,7 +52,7 @@ missing() {  # the lines of $spec whose marker is not in the environment yet
 
 if [ -n "$(missing)" ]; then
   mkdir -p "$cache"
-  exec 9>"$cache/venv.lock"
+  exec 9>"$venv.lock"  # one lock per environment: building one never waits for another
   flock 9
   if [ ! -f "$venv/.installed-base-$(awk 'NR == 2 {print $2}' <<<"$spec")" ]; then
     echo "venv: creating $venv (first run: torch is large, this takes a few minutes)" >&2

@@ -79,7 +79,7 @@ def test_the_readme_clients_send_events_and_read_predictions_and_dead_letters(
         printed = consumer_lines(client_env, len(expected))
     assert {line.split()[0] for line in printed} == expected
     for line in printed:
-        event_id, label, prediction, model = line.split()
+        _, label, prediction, model = line.split()
         assert label in ("malignant", "benign") and 0.0 <= float(prediction) <= 1.0
         assert model.startswith("breast-cancer@")
     results = [orjson.loads(line) for line in shell(read_predictions).splitlines() if line.strip()]

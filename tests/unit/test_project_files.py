@@ -99,3 +99,10 @@ def test_make_run_ends_by_saying_how_to_run_the_installed_command() -> None:
     assert any("pip install" in line for line in lines[1:]) and any(
         "inference-worker worker" in line for line in lines[1:]
     )
+
+
+def test_venv_script_refuses_an_unknown_extra_in_one_line() -> None:
+    done = subprocess.run([str(ROOT / "scripts" / "venv.sh"), "dev", "gpu"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()
+    assert re.fullmatch(r"venv: no extra gpu in pyproject\.toml \(have: dev, text, onnx, bench(, [\w-]+)*\)", line)
