@@ -3,6 +3,7 @@ worker process run to its end."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -51,3 +52,12 @@ def free_port() -> int:
 def run_worker_to_exit(env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
     """Run a worker that is meant to stop by itself (refusing to start), its output captured as text."""
     return subprocess.run(WORKER_COMMAND, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+
+
+def load_byom_example() -> Any:
+    """examples/byom/train_iris.py as a module (it is a script, not in a package): train() and export()."""
+    spec = importlib.util.spec_from_file_location("train_iris", ROOT / "examples" / "byom" / "train_iris.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

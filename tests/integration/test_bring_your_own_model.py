@@ -6,36 +6,24 @@ computes (read from the ONNX output the metadata names, not softmaxed again)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import random
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_byom_example
 from tests.integration.conftest import Names, create_topics, running_worker, worker_env
 from tests.integration.streams import Record, produce, read_outputs
-
-EXAMPLE = ROOT / "examples" / "byom" / "train_iris.py"
-
-
-def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("train_iris", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_scikit_learn_model_exported_to_onnx_serves_positional_and_named_features(
     bootstrap_servers: str, names: Names, tmp_path: Path
 ) -> None:
-    example = load_example()
+    example = load_byom_example()
     model = example.train()
     folder = example.export(model, tmp_path / "models")
     readme = (ROOT / "README.md").read_text()

@@ -3,7 +3,6 @@ score, embedding), which ONNX output is read, and features sent by name."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from app.models.registry import ModelRegistry
 from app.models.runner import ModelRunner
 from app.pipeline.admission import check_input
 from app.records.events import PredictionEvent
-from tests.conftest import ROOT, load_schema
+from tests.conftest import ROOT, load_byom_example, load_schema
 
 CPU = torch.device("cpu")
 
@@ -122,16 +121,8 @@ def test_the_metadata_schema_is_valid_and_every_shipped_model_matches_it() -> No
     assert isinstance(schema, Draft202012Validator)
 
 
-def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("train_iris", ROOT / "examples" / "byom" / "train_iris.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_onnx_output_name_picks_the_probabilities_not_the_label(tmp_path: Path) -> None:
-    example = load_example()
+    example = load_byom_example()
     model = example.train()
     example.export(model, tmp_path)
     loaded = ModelRunner.load(ModelRegistry(tmp_path), "iris", "latest", CPU)
