@@ -15,14 +15,14 @@ help:
 venv: ## create (or reuse) the cached virtual environment
 	@echo "$(VENV)"
 
-kafka-up: ## start the local Kafka broker (no-op when up); FRESH=1 wipes its data first
-	@kafka/kafka.sh up $(if $(FRESH),--fresh)
+kafka-up: ## start the local Kafka broker (no-op when up); FRESH=1 wipes its data first; BROKERS=3 a cluster
+	@kafka/kafka.sh up $(if $(FRESH),--fresh) $(if $(BROKERS),--brokers $(BROKERS))
 
-kafka-down: ## stop the local Kafka broker (no-op when down)
-	@kafka/kafka.sh down
+kafka-down: ## stop the local Kafka broker (no-op when down); BROKERS=3 the local cluster
+	@kafka/kafka.sh down $(if $(BROKERS),--brokers $(BROKERS))
 
-kafka-status: ## say whether the broker answers
-	@kafka/kafka.sh status
+kafka-status: ## say whether the broker answers; BROKERS=3 whether the cluster is up and fully in sync
+	@kafka/kafka.sh status $(if $(BROKERS),--brokers $(BROKERS))
 
 run: kafka-up ## the demo: a worker with the default model, sample events in, predictions out
 	@$(PYTHON) -m app demo
