@@ -111,8 +111,8 @@ def _worker(settings: Settings) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     config = client_config(settings.kafka)
-    partitions = loop.run_until_complete(ensure_worker_topics(settings))
-    app = create_app(settings, partitions[settings.topics.input_topic], catalog, metrics)
+    layout = loop.run_until_complete(ensure_worker_topics(settings))
+    app = create_app(settings, layout, catalog, metrics)
     loop.run_until_complete(
         check_internal_topics(settings.kafka.bootstrap_servers, internal_topics(app), settings.worker.app_id, **config)
     )

@@ -64,6 +64,12 @@ class Metrics:
             "Records read but not yet acknowledged (bounded by MAX_IN_FLIGHT).",
             registry=r,
         )
+        self.output_unacknowledged = Gauge(
+            "inference_output_unacknowledged_seconds",
+            "How long the oldest output has waited for the brokers' acknowledgement (0 when none waits); "
+            "it grows while the brokers take no writes (a lost majority, min.insync.replicas not met).",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "inference_consumer_lag",
             "Records behind the partition's high watermark (autoscaling signal).",

@@ -82,6 +82,7 @@ class Secret:
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 _NO_SUCH_FILE = (lambda path: path is None or path.is_file(), "no such file")
 
 
@@ -147,6 +148,24 @@ class KafkaSettings:
         "exactly_once only: how long a transaction collects outputs of one input partition before it commits",
         at_least(0),
     )
+    enable_idempotence: bool = setting(
+        "KAFKA_ENABLE_IDEMPOTENCE",
+        "true",
+        "at_least_once: the output producer is idempotent (a batch re-sent after a broker error is written once, "
+        "in order); exactly_once always is",
+    )
+    compression_type: str = setting(
+        "KAFKA_COMPRESSION_TYPE",
+        "none",
+        "compression of the records the worker produces: none, gzip, snappy, lz4 or zstd",
+        one_of(*COMPRESSION_TYPES),
+    )
+    auto_offset_reset: str = setting(
+        "KAFKA_AUTO_OFFSET_RESET",
+        "earliest",
+        "where a consumer group without committed offsets starts: earliest (every retained event) or latest",
+        one_of("earliest", "latest"),
+    )
     publish_retry_backoff_s: float = setting(
         "PUBLISH_RETRY_BACKOFF_S",
         "1.0",
@@ -179,6 +198,13 @@ class TopicSettings:
         "4",
         "partitions for topics the worker creates, the input topic too when missing; internal topics follow the input",
         at_least(1),
+    )
+    replication_factor: int | None = setting(
+        "TOPIC_REPLICATION_FACTOR",
+        "",
+        "replicas of every topic the worker creates, internal ones included; empty: the cluster's "
+        "default.replication.factor (else min(3, brokers))",
+        (lambda v: v is None or v >= 1, "must be >= 1"),
     )
 
 
@@ -394,6 +420,8 @@ def _names(raw: str) -> tuple[str, ...]:
 def _parse(declaration: Declaration, parse: Callable[[str], Any], raw: str) -> Any:
     if declaration.env in UPPERCASE:
         raw = raw.strip().upper()
+    elif declaration.env in LOWERCASE:
+        raw = raw.strip().lower()
     try:
         value = parse(raw)
     except ValueError as exc:
@@ -404,6 +432,7 @@ def _parse(declaration: Declaration, parse: Callable[[str], Any], raw: str) -> A
 
 
 UPPERCASE = {"KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM"}
+LOWERCASE = {"KAFKA_COMPRESSION_TYPE", "KAFKA_AUTO_OFFSET_RESET"}
 """Settings read case-insensitively, as Kafka's clients do."""
 
 

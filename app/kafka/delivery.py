@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -47,14 +48,24 @@ class InOrderConfirmer(Generic[T]):
         self._backoff_s = backoff_s
         self._name = name
         self._queue: asyncio.Queue[list[tuple[T, OutboundRecord, Awaitable[Any]]]] = asyncio.Queue()
+        self._waiting_since: float | None = None
+
+    @property
+    def unacknowledged_s(self) -> float:
+        """How long the output confirmed next has been waited for (0 when none is): it grows while
+        the brokers take no writes."""
+        since = self._waiting_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def put(self, group: list[tuple[T, OutboundRecord, Awaitable[Any]]]) -> None:
         self._queue.put_nowait(group)
 
     async def run_forever(self) -> None:
         while True:
+            self._waiting_since = None
             group = await self._queue.get()
             for item, outbound, delivery in group:
+                self._waiting_since = time.monotonic()
                 await confirm(self._send, outbound, delivery, self._backoff_s, f"{self._name}: output for {item}")
             done = self._on_confirmed([item for item, _, _ in group])
             if inspect.isawaitable(done):
@@ -73,7 +84,12 @@ async def until_acknowledged(
             log.error("%s not acknowledged (%r); re-sending in %.1fs", what, exc, backoff_s)
         await asyncio.sleep(backoff_s)
         backoff_s = min(backoff_s * 2, MAX_RESEND_BACKOFF_S)
-        delivery = await resend()
+        delivery = sent_and_acknowledged(resend)
+
+
+async def sent_and_acknowledged(send: Callable[[], Awaitable[Awaitable[Any]]]) -> None:
+    """Enqueue with ``send``, then wait for the ack: one awaitable that fails if either does."""
+    await (await send())
 
 
 async def confirm(send: Send, outbound: OutboundRecord, delivery: Awaitable[Any], backoff_s: float, what: str) -> None:
@@ -83,4 +99,4 @@ async def confirm(send: Send, outbound: OutboundRecord, delivery: Awaitable[Any]
 
 async def publish(send: Send, outbound: OutboundRecord, backoff_s: float, what: str) -> None:
     """Send one record and wait until the broker acknowledged it."""
-    await confirm(send, outbound, await send(outbound), backoff_s, what)
+    await confirm(send, outbound, sent_and_acknowledged(lambda: send(outbound)), backoff_s, what)

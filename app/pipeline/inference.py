@@ -137,6 +137,10 @@ class InferencePipeline:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def unacknowledged_s(self) -> float:
+        """How long the oldest output has waited for the broker's acknowledgement (0 when none waits)."""
+        return self._confirmer.unacknowledged_s
+
     def start(self) -> None:
         if self._tasks:
             return
