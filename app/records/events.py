@@ -16,20 +16,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from app.errors import ERROR_CLASSES as ERROR_CLASSES  # re-exported: the classes parse_event raises
 from app.errors import InvalidRecord
 
-ERROR_CLASSES = (
-    "empty_value",
-    "oversized",
-    "not_utf8",
-    "invalid_json",
-    "schema_violation",
-    "non_finite",
-    "wrong_feature_count",
-    "wrong_input_kind",
-    "unknown_model",
-    "model_error",
-)
 # ISO-8601 date or date-time, as schemas/prediction_event.schema.json's "timestamp" pattern.
 ISO_8601_PATTERN = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?$"
