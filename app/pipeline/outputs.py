@@ -1,6 +1,7 @@
 """Build outputs: the stage after predict (... -> predict -> build outputs -> deliver -> ack).
 
-An input's outcome becomes the record to publish: its PredictionResult on the output topic, or,
+An input's outcome becomes the record to publish: its PredictionResult on the output topic (with
+the input's trace context headers, ``PROPAGATED_HEADERS``), or,
 when it cannot be predicted, the input itself on the dead-letter topic, untouched, with the reason
 in the headers, so that nothing is silently dropped. A shadow version's result goes to the shadow
 topic only; it never takes the served result's place.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from app.models.catalog import ModelCatalog
 from app.models.runner import ModelOutput, Runner
 from app.pipeline.admission import Admitted, InboundRecord
 from app.pipeline.batcher import Batched
+from app.pipeline.tracing import carried
 from app.records.dead_letters import dead_letter_headers
 from app.records.events import SourceRef
 from app.records.observations import Observation, source_name
@@ -105,9 +107,11 @@ Confirmation = Predicted | DeadLettered | ShadowResult
 class Outputs:
     """Builds each output record and its confirmation, for the topics in the settings."""
 
-    def __init__(self, topics: TopicSettings, catalog: ModelCatalog) -> None:
+    def __init__(self, topics: TopicSettings, catalog: ModelCatalog, propagated_headers: Collection[str] = ()) -> None:
+        """``propagated_headers``: the input headers results carry (names compared case-insensitively)."""
         self._topics = topics
         self._catalog = catalog
+        self._propagated = frozenset(name.lower() for name in propagated_headers)
 
     def predicted(self, admitted: Admitted, ack: Ack, output: Batched[ModelOutput]) -> tuple[Predicted, OutboundRecord]:
         record = admitted.record
@@ -119,8 +123,9 @@ class Outputs:
             record.source,
             admitted.cached is not None,
         )
+        headers = carried(record.headers, self._propagated)
         outbound = OutboundRecord(
-            self._topics.output_topic, record.key, encode_result(result), [], source=record.source
+            self._topics.output_topic, record.key, encode_result(result), headers, source=record.source
         )
         predicted = Predicted(
             record.source, ack, admitted.runner, admitted.event.event_time_ms, output, result["latency_ms"] / 1000.0
@@ -143,7 +148,8 @@ class Outputs:
         record = admitted.record
         result = build_result(admitted.event, output.value, runner.metadata, output.batch_size, record.source)
         result["shadow"] = True
+        headers = carried(record.headers, self._propagated)
         outbound = OutboundRecord(
-            self._topics.shadow_topic, record.key, encode_result(result), [], source=record.source
+            self._topics.shadow_topic, record.key, encode_result(result), headers, source=record.source
         )
         return ShadowResult(runner, record.source), outbound
