@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from app.errors import RecordError
 from app.kafka.delivery import InOrderConfirmer, OutboundRecord
+from app.logs import record_fields
 from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
 from app.models.runner import ModelInput, ModelOutput, Runner
@@ -303,7 +304,9 @@ class InferencePipeline:
                     output = await outcome
                 except RecordError as exc:
                     self._owed(admission.runner)
-                    confirmation, outbound = self._outputs.dead_lettered(admission.record, ack, exc, admission.runner)
+                    confirmation, outbound = self._outputs.dead_lettered(
+                        admission.record, ack, exc, admission.runner, admission.event.event_id
+                    )
                 else:
                     self._owed(admission.runner)
                     if admission.cache_key is not None and self._cache is not None:
@@ -326,7 +329,12 @@ class InferencePipeline:
             try:
                 output = await outcome
             except RecordError as exc:
-                log.warning("shadow %s failed on %s: %s", runner.key, admitted.record.source, exc.reason)
+                source, metadata = admitted.record.source, runner.metadata
+                event_id = admitted.event.event_id
+                fields = record_fields(
+                    *source, event_id, error_class=exc.error_class, model=metadata.name, version=metadata.version
+                )
+                log.warning("shadow %s failed on %s: %s", runner.key, source, exc.reason, extra=fields)
                 self._stage_metrics.on_shadow_failed(runner)
                 continue
             finally:

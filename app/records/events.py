@@ -88,6 +88,19 @@ def parse_event(value: bytes | None, source: SourceRef, max_bytes: int) -> Predi
 _MISSING: Any = object()
 
 
+def event_id_of(value: bytes | None, source: SourceRef) -> str:
+    """The event id of a record that may not be a valid event (for logs): its ``event_id`` when it is a
+    JSON object that names one, else the default ``<topic>-<partition>-<offset>``."""
+    try:
+        document = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("event_id"), str) and document["event_id"]:
+        event_id: str = document["event_id"]
+        return event_id
+    return f"{source.topic}-{source.partition}-{source.offset}"
+
+
 def _classify_undecodable(value: bytes, exc: orjson.JSONDecodeError) -> InvalidRecord:
     try:
         text = value.decode("utf-8")

@@ -59,7 +59,7 @@ def tool(name: str) -> str:
 
 def readme_expressions() -> list[str]:
     """Every PromQL expression in the README's promql blocks: one a line, comments left out."""
-    blocks = re.findall(r"```promql\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"^```promql\n(.*?)^```", README.read_text(), flags=re.S | re.M)
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip() and line[0] != "#"]
 
 
