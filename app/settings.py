@@ -2,7 +2,7 @@
 
 Each setting is declared once, as a typed field of its section (``KafkaSettings``,
 ``TopicSettings``, ``ModelSettings``, ``BatchingSettings``, ``StatsSettings``, ``WebSettings``,
-``WorkerSettings``) with its environment variable, default, help and check. ``Settings.from_env``
+``TracingSettings``, ``WorkerSettings``) with its environment variable, default, help and check. ``Settings.from_env``
 parses and validates them; ``describe()`` (``--help``) and ``markdown_table()`` (the README's
 table) are generated from the same declarations. Components receive only their section.
 A bad value raises ``ConfigError`` with one line that names the variable and the fix.
@@ -17,11 +17,12 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,25 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """Trace context carried from inputs to outputs, and optional OpenTelemetry spans."""
+
+    propagated_headers: tuple[str, ...] = setting(
+        "PROPAGATED_HEADERS",
+        "traceparent,tracestate",
+        "input record headers copied onto its results and shadow results, comma-separated (case-insensitive; "
+        "dead letters keep every header)",
+    )
+    tracing: str = setting(
+        "TRACING",
+        "off",
+        "off, or otlp: a span per model batch, linked to its inputs' trace contexts, exported with OTLP over HTTP "
+        "(OTEL_EXPORTER_OTLP_* configure it; needs the tracing extra)",
+        one_of("off", "otlp"),
+    )
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """The worker process: its identity, state folder and logging."""
 
@@ -350,6 +370,12 @@ class WorkerSettings:
         "debug, info, warning or error",
         (lambda v: v.lower() in {"debug", "info", "warning", "error"}, "must be debug, info, warning or error"),
     )
+    log_format: str = setting(
+        "LOG_FORMAT",
+        "text",
+        "text, or json: one JSON object per line (records' topic, partition, offset and event_id as fields)",
+        one_of("text", "json"),
+    )
 
 
 @dataclass(frozen=True)
@@ -360,6 +386,7 @@ class Settings:
     batching: BatchingSettings
     stats: StatsSettings
     web: WebSettings
+    tracing: TracingSettings
     worker: WorkerSettings
 
     @classmethod
@@ -368,6 +395,12 @@ class Settings:
         sections = {section.name: _read_section(_section_type(section), env) for section in dataclasses.fields(cls)}
         _check_security(sections["kafka"])
         return cls(**sections)
+
+
+def defaults(section: type[T]) -> T:
+    """A section with every setting at its default (the environment is not read)."""
+    value: T = _read_section(section, {})
+    return value
 
 
 def _section_type(section: dataclasses.Field[Any]) -> type[Any]:

@@ -29,6 +29,7 @@ from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
 from app.models.registry import ModelRegistry
 from app.pipeline.inference import InboundRecord, InferencePipeline
+from app.pipeline.tracing import start_tracing
 from app.records.events import SourceRef
 from app.settings import Settings
 from app.stats.agents import StatsAgents
@@ -95,6 +96,7 @@ def create_app(
     input partition) and replicated as the worker's other topics."""
     input_partitions = layout.partitions[settings.topics.input_topic]
     metrics = metrics or Metrics()
+    tracer = start_tracing(settings.tracing)  # before the models load: a missing tracing extra is one line
     catalog = load_catalog(settings, metrics) if catalog is None else catalog
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     crashes: set[asyncio.Future[None]] = set()
@@ -167,6 +169,8 @@ def create_app(
             on_crash=crash,
             metrics=metrics,
             observe=observe,
+            tracing=settings.tracing,
+            tracer=tracer,
         )
         pipeline.start()
         state.unacknowledged_s = pipeline.unacknowledged_s
@@ -205,6 +209,7 @@ def create_app(
         app.timer(settings.models.model_poll_interval_s)(refresh_models)
 
     metrics.worker_up.set(1)
+    metrics.add_input_topic(settings.topics.input_topic)
     register_views(app, state, stats, metrics)
     return app
 

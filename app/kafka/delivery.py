@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from app.logs import record_fields
 from app.records.dead_letters import Headers
 from app.records.events import SourceRef
 
@@ -33,6 +34,8 @@ class OutboundRecord(NamedTuple):
     """None lets the producer's partitioner pick (by key hash)."""
     source: SourceRef | None = None
     """The input record this output answers; exactly-once mode commits its offset with it."""
+    event_id: str | None = None
+    """That input's event id, for log lines about this output."""
 
 
 Send = Callable[[OutboundRecord], Awaitable[Awaitable[Any]]]
@@ -73,15 +76,20 @@ class InOrderConfirmer(Generic[T]):
 
 
 async def until_acknowledged(
-    delivery: Awaitable[Any], resend: Callable[[], Awaitable[Awaitable[Any]]], backoff_s: float, what: str
+    delivery: Awaitable[Any],
+    resend: Callable[[], Awaitable[Awaitable[Any]]],
+    backoff_s: float,
+    what: str,
+    fields: dict[str, Any] | None = None,
 ) -> None:
-    """Wait for a broker ack, calling ``resend`` with exponential backoff until one comes."""
+    """Wait for a broker ack, calling ``resend`` with exponential backoff until one comes. ``fields``: the
+    log record's (``app.logs.record_fields``)."""
     while True:
         try:
             await delivery
             return
         except Exception as exc:  # noqa: BLE001 - never report done what the broker did not take
-            log.error("%s not acknowledged (%r); re-sending in %.1fs", what, exc, backoff_s)
+            log.error("%s not acknowledged (%r); re-sending in %.1fs", what, exc, backoff_s, extra=fields)
         await asyncio.sleep(backoff_s)
         backoff_s = min(backoff_s * 2, MAX_RESEND_BACKOFF_S)
         delivery = sent_and_acknowledged(resend)
@@ -94,7 +102,9 @@ async def sent_and_acknowledged(send: Callable[[], Awaitable[Awaitable[Any]]]) -
 
 async def confirm(send: Send, outbound: OutboundRecord, delivery: Awaitable[Any], backoff_s: float, what: str) -> None:
     """Wait for the broker's ack of ``outbound``, re-sending it with backoff until one comes."""
-    await until_acknowledged(delivery, lambda: send(outbound), backoff_s, f"{what} to {outbound.topic}")
+    source = outbound.source
+    fields = None if source is None else record_fields(*source, outbound.event_id)
+    await until_acknowledged(delivery, lambda: send(outbound), backoff_s, f"{what} to {outbound.topic}", fields)
 
 
 async def publish(send: Send, outbound: OutboundRecord, backoff_s: float, what: str) -> None:
