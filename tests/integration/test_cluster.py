@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from tests.integration.cluster import Cluster, Stream, Verdict, judge
 from tests.integration.conftest import Names, WorkerProcess, running_worker, worker_env
@@ -42,13 +44,24 @@ def read_back(
     def every_event_answered(outputs: list[Output]) -> bool:
         return len({o.value for o in outputs}) >= sent and len({event_id(o) for o in outputs}) >= sent
 
-    inputs = asyncio.run(read_outputs(cluster.servers, (names.input_topic,), lambda r: len(r) >= sent, 120, 1))
-    outputs = asyncio.run(
-        read_outputs(
+    inputs = retrying(lambda: read_outputs(cluster.servers, (names.input_topic,), lambda r: len(r) >= sent, 120, 1))
+    outputs = retrying(
+        lambda: read_outputs(
             cluster.servers, (names.output_topic,), every_event_answered, timeout_s, 3, isolation_level=isolation_level
         )
     )
     return inputs, outputs
+
+
+def retrying(read: Callable[[], Coroutine[Any, Any, list[Output]]]) -> list[Output]:
+    """aiokafka's consumer can raise NodeNotReadyError from a fetch to a broker that has just come
+    back; a reader a consumer application would restart, so the test reads again."""
+    for _ in range(3):
+        try:
+            return asyncio.run(read())
+        except KafkaError as exc:
+            print(f"reading back failed ({exc!r}); reading again")
+    return asyncio.run(read())
 
 
 def event_id(output: Output) -> str:
