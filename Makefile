@@ -4,9 +4,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 # The one cached environment (scripts/venv.sh), with the extras each target needs added on first use:
-# run needs none, lint and the tests dev + text + onnx, the benchmark text + onnx + bench.
+# run needs none, lint and the tests dev + text + onnx + tracing, the benchmark text + onnx + bench.
 venv = $(shell scripts/venv.sh $(1))
-TEST_EXTRAS = dev text onnx
+TEST_EXTRAS = dev text onnx tracing
 PYTHON = $(call venv,$(TEST_EXTRAS))/bin/python
 export PYTHONPATH := $(CURDIR)
 
@@ -18,14 +18,14 @@ help:
 venv: ## create (or reuse) the cached virtual environment with the test extras; EXTRAS="..." picks others
 	@echo "$(call venv,$(if $(EXTRAS),$(EXTRAS),$(TEST_EXTRAS)))"
 
-kafka-up: ## start the local Kafka broker (no-op when up); FRESH=1 wipes its data first
-	@kafka/kafka.sh up $(if $(FRESH),--fresh)
+kafka-up: ## start the local Kafka broker (no-op when up); FRESH=1 wipes its data first; BROKERS=3 a cluster
+	@kafka/kafka.sh up $(if $(FRESH),--fresh) $(if $(BROKERS),--brokers $(BROKERS))
 
-kafka-down: ## stop the local Kafka broker (no-op when down)
-	@kafka/kafka.sh down
+kafka-down: ## stop the local Kafka broker (no-op when down); BROKERS=3 the local cluster
+	@kafka/kafka.sh down $(if $(BROKERS),--brokers $(BROKERS))
 
-kafka-status: ## say whether the broker answers
-	@kafka/kafka.sh status
+kafka-status: ## say whether the broker answers; BROKERS=3 whether the cluster is up and fully in sync
+	@kafka/kafka.sh status $(if $(BROKERS),--brokers $(BROKERS))
 
 run: kafka-up ## the demo: a worker with the default model, sample events in, predictions out
 	@$(call venv,)/bin/python -m app demo

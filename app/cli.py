@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import sys
 
 from aiokafka.errors import KafkaConnectionError
@@ -13,6 +12,7 @@ from aiokafka.errors import KafkaConnectionError
 from app.errors import ConfigError, ModelLoadError
 from app.kafka.security import client_config, explain_connection_failure, hide_sasl_exchange
 from app.kafka.transport import refuse_topic_auto_creation
+from app.logs import configure_logging, logging_config
 from app.settings import Settings, describe
 
 
@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"inference-worker: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.worker.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.worker.log_format, _log_level(args.command, settings.worker.log_level))
     hide_sasl_exchange()
     try:
         return _run(args, settings)
@@ -83,6 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+TOOLS = frozenset({"produce", "tail", "demo"})
+"""Commands whose output is their own lines: their Kafka clients' INFO lines would interleave with them."""
+
+
+def _log_level(command: str, level: str) -> str:
+    """The tools log warnings and errors only, unless LOG_LEVEL=debug asks for everything."""
+    if command in TOOLS and level.lower() == "info":
+        return "warning"
+    return level
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -111,15 +120,18 @@ def _worker(settings: Settings) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     config = client_config(settings.kafka)
-    partitions = loop.run_until_complete(ensure_worker_topics(settings))
-    app = create_app(settings, partitions[settings.topics.input_topic], catalog, metrics)
+    layout = loop.run_until_complete(ensure_worker_topics(settings))
+    app = create_app(settings, layout, catalog, metrics)
     loop.run_until_complete(
         check_internal_topics(settings.kafka.bootstrap_servers, internal_topics(app), settings.worker.app_id, **config)
     )
     # torch and faust leave ~1M long-lived objects; without freezing them every full collection
     # walks them all, a pause of tens of milliseconds on the hot path.
     gc.freeze()
-    worker = Worker(app, loglevel=settings.worker.log_level)
+    log_format, level = settings.worker.log_format, settings.worker.log_level
+    # faust's worker sets up logging again (coloured text on stdout); for JSON it gets the same setup as here.
+    log_config = logging_config(log_format, level, "ext://sys.stdout") if log_format == "json" else None
+    worker = Worker(app, loglevel=level, logging_config=log_config)
     # faust's terminal spinner sets the root logger to DEBUG when the level is WARNING or above,
     # so every library's debug record is built: about a sixth of the hot path's time.
     worker.spinner = None

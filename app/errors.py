@@ -12,6 +12,21 @@
 
 from __future__ import annotations
 
+ERROR_CLASSES = (
+    "empty_value",
+    "oversized",
+    "not_utf8",
+    "invalid_json",
+    "schema_violation",
+    "non_finite",
+    "wrong_feature_count",
+    "wrong_feature_names",
+    "wrong_input_kind",
+    "unknown_model",
+    "model_error",
+)
+"""Every ``error_class`` a dead letter can carry (``dlq.error.class``)."""
+
 
 class WorkerError(Exception):
     """Root of every error the worker raises on purpose."""

@@ -2,7 +2,7 @@
 
 Each setting is declared once, as a typed field of its section (``KafkaSettings``,
 ``TopicSettings``, ``ModelSettings``, ``BatchingSettings``, ``StatsSettings``, ``WebSettings``,
-``WorkerSettings``) with its environment variable, default, help and check. ``Settings.from_env``
+``TracingSettings``, ``WorkerSettings``) with its environment variable, default, help and check. ``Settings.from_env``
 parses and validates them; ``describe()`` (``--help``) and ``markdown_table()`` (the README's
 table) are generated from the same declarations. Components receive only their section.
 A bad value raises ``ConfigError`` with one line that names the variable and the fix.
@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.errors import ConfigError
 
@@ -28,6 +28,8 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 checkout they are symlinks to the top-level folders; a built wheel carries them as files."""
 BUNDLED_MODELS = BUNDLED_DIR / "models"
 BUNDLED_SCHEMAS = BUNDLED_DIR / "schemas"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Secret:
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 _NO_SUCH_FILE = (lambda path: path is None or path.is_file(), "no such file")
 
 
@@ -153,6 +156,24 @@ class KafkaSettings:
         "exactly_once only: how long a transaction collects outputs of one input partition before it commits",
         at_least(0),
     )
+    enable_idempotence: bool = setting(
+        "KAFKA_ENABLE_IDEMPOTENCE",
+        "true",
+        "at_least_once: the output producer is idempotent (a batch re-sent after a broker error is written once, "
+        "in order); exactly_once always is",
+    )
+    compression_type: str = setting(
+        "KAFKA_COMPRESSION_TYPE",
+        "none",
+        "compression of the records the worker produces: none, gzip, snappy, lz4 or zstd",
+        one_of(*COMPRESSION_TYPES),
+    )
+    auto_offset_reset: str = setting(
+        "KAFKA_AUTO_OFFSET_RESET",
+        "earliest",
+        "where a consumer group without committed offsets starts: earliest (every retained event) or latest",
+        one_of("earliest", "latest"),
+    )
     publish_retry_backoff_s: float = setting(
         "PUBLISH_RETRY_BACKOFF_S",
         "1.0",
@@ -185,6 +206,13 @@ class TopicSettings:
         "4",
         "partitions for topics the worker creates, the input topic too when missing; internal topics follow the input",
         at_least(1),
+    )
+    replication_factor: int | None = setting(
+        "TOPIC_REPLICATION_FACTOR",
+        "",
+        "replicas of every topic the worker creates, internal ones included; empty: the cluster's "
+        "default.replication.factor (else min(3, brokers))",
+        (lambda v: v is None or v >= 1, "must be >= 1"),
     )
 
 
@@ -317,6 +345,25 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """Trace context carried from inputs to outputs, and optional OpenTelemetry spans."""
+
+    propagated_headers: tuple[str, ...] = setting(
+        "PROPAGATED_HEADERS",
+        "traceparent,tracestate",
+        "input record headers copied onto its results and shadow results, comma-separated (case-insensitive; "
+        "dead letters keep every header)",
+    )
+    tracing: str = setting(
+        "TRACING",
+        "off",
+        "off, or otlp: a span per model batch, linked to its inputs' trace contexts, exported with OTLP over HTTP "
+        "(OTEL_EXPORTER_OTLP_* configure it; needs the tracing extra)",
+        one_of("off", "otlp"),
+    )
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """The worker process: its identity, state folder and logging."""
 
@@ -330,6 +377,12 @@ class WorkerSettings:
         "debug, info, warning or error",
         (lambda v: v.lower() in {"debug", "info", "warning", "error"}, "must be debug, info, warning or error"),
     )
+    log_format: str = setting(
+        "LOG_FORMAT",
+        "text",
+        "text, or json: one JSON object per line (records' topic, partition, offset and event_id as fields)",
+        one_of("text", "json"),
+    )
 
 
 @dataclass(frozen=True)
@@ -340,6 +393,7 @@ class Settings:
     batching: BatchingSettings
     stats: StatsSettings
     web: WebSettings
+    tracing: TracingSettings
     worker: WorkerSettings
 
     @classmethod
@@ -348,6 +402,12 @@ class Settings:
         sections = {section.name: _read_section(_section_type(section), env) for section in dataclasses.fields(cls)}
         _check_security(sections["kafka"])
         return cls(**sections)
+
+
+def defaults(section: type[T]) -> T:
+    """A section with every setting at its default (the environment is not read)."""
+    value: T = _read_section(section, {})
+    return value
 
 
 def _section_type(section: dataclasses.Field[Any]) -> type[Any]:
@@ -400,6 +460,8 @@ def _names(raw: str) -> tuple[str, ...]:
 def _parse(declaration: Declaration, parse: Callable[[str], Any], raw: str) -> Any:
     if declaration.env in UPPERCASE:
         raw = raw.strip().upper()
+    elif declaration.env in LOWERCASE:
+        raw = raw.strip().lower()
     try:
         value = parse(raw)
     except ValueError as exc:
@@ -410,6 +472,7 @@ def _parse(declaration: Declaration, parse: Callable[[str], Any], raw: str) -> A
 
 
 UPPERCASE = {"KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM"}
+LOWERCASE = {"KAFKA_COMPRESSION_TYPE", "KAFKA_AUTO_OFFSET_RESET"}
 """Settings read case-insensitively, as Kafka's clients do."""
 
 

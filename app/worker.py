@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
@@ -21,13 +21,15 @@ from faust.web import Request, Response, View
 
 from app.kafka.commit import commit_policy
 from app.kafka.delivery import OutboundRecord
+from app.kafka.producer import producer_options
 from app.kafka.security import broker_credentials
-from app.kafka.topics import worker_topics
+from app.kafka.topics import TopicLayout, worker_topics
 from app.kafka.transport import BatchingConsumer, InputBatch, WorkerApp
 from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
 from app.models.registry import ModelRegistry
 from app.pipeline.inference import InboundRecord, InferencePipeline
+from app.pipeline.tracing import start_tracing
 from app.records.events import SourceRef
 from app.settings import Settings
 from app.stats.agents import StatsAgents
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 30.0
 LAG_INTERVAL_S = 5.0
+OUTPUTS_STALLED_S = 15.0
+"""An output unacknowledged this long makes the worker not ready: the brokers take no writes."""
 INPUT_BATCHES_BUFFERED = 4
 """Fetched batches waiting for the agent; beyond this the fetcher waits (backpressure)."""
 
@@ -52,33 +56,47 @@ def load_catalog(settings: Settings, metrics: Metrics) -> ModelCatalog:
 
 
 class WorkerState:
-    """What /ready reports: models warm and this worker's consumer group membership settled."""
+    """What /ready reports: models warm, this worker's consumer group membership settled, and the
+    brokers taking its outputs."""
 
     def __init__(self, catalog: ModelCatalog, input_topic: str) -> None:
         self.catalog = catalog
         self.input_topic = input_topic
         self.rebalanced = False
         self.assigned: set[Any] = set()
+        self.unacknowledged_s: Callable[[], float] = lambda: 0.0
+        """How long the oldest output has waited for the brokers (the pipeline's, once it runs)."""
 
     @property
     def ready(self) -> bool:
-        return self.rebalanced and self.catalog.all_warm
+        return self.rebalanced and self.catalog.all_warm and self.unacknowledged_s() < OUTPUTS_STALLED_S
 
     def readiness(self) -> dict[str, Any]:
-        return {
+        waited = self.unacknowledged_s()
+        body = {
             "ready": self.ready,
             "models_warm": {str(key): runner.warm for key, runner in self.catalog.runners.items()},
             "partitions_assigned": self.rebalanced,
             "input_partitions": sorted(tp.partition for tp in self.assigned if tp.topic == self.input_topic),
+            "outputs_unacknowledged_s": round(waited, 1),
         }
+        if waited >= OUTPUTS_STALLED_S:
+            body["waiting_for"] = (
+                f"the brokers: an output has waited {waited:.0f} s for its acknowledgement (are enough brokers "
+                "up for min.insync.replicas?); consumption waits, nothing is lost"
+            )
+        return body
 
 
 def create_app(
-    settings: Settings, input_partitions: int, catalog: ModelCatalog | None = None, metrics: Metrics | None = None
+    settings: Settings, layout: TopicLayout, catalog: ModelCatalog | None = None, metrics: Metrics | None = None
 ) -> faust.App:
-    """``input_partitions``: the input topic's partition count; faust's tables and the statistics
-    feed are partitioned alike (a changelog partition per input partition)."""
+    """``layout``: the topics as the worker found or made them (``ensure_worker_topics``); faust's
+    tables and the statistics feed are partitioned as the input topic (a changelog partition per
+    input partition) and replicated as the worker's other topics."""
+    input_partitions = layout.partitions[settings.topics.input_topic]
     metrics = metrics or Metrics()
+    tracer = start_tracing(settings.tracing)  # before the models load: a missing tracing extra is one line
     catalog = load_catalog(settings, metrics) if catalog is None else catalog
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     crashes: set[asyncio.Future[None]] = set()
@@ -97,7 +115,9 @@ def create_app(
         topic_partitions=input_partitions,
         key_serializer="raw",
         value_serializer="raw",
-        consumer_auto_offset_reset="earliest",
+        topic_replication_factor=layout.replication_factor,
+        consumer_auto_offset_reset=settings.kafka.auto_offset_reset,
+        producer_compression_type=producer_options(settings.kafka)["compression_type"],
         producer_request_timeout=30.0,
         broker_commit_interval=1.0,
         # faust reads ~70 variables of its own from the environment, over these arguments (BROKER_URL,
@@ -149,8 +169,12 @@ def create_app(
             on_crash=crash,
             metrics=metrics,
             observe=observe,
+            tracing=settings.tracing,
+            tracer=tracer,
         )
         pipeline.start()
+        state.unacknowledged_s = pipeline.unacknowledged_s
+        metrics.output_unacknowledged.set_function(pipeline.unacknowledged_s)
         consumer = cast(BatchingConsumer, app.consumer)
         ack = consumer.ack
         try:
@@ -185,6 +209,7 @@ def create_app(
         app.timer(settings.models.model_poll_interval_s)(refresh_models)
 
     metrics.worker_up.set(1)
+    metrics.add_input_topic(settings.topics.input_topic)
     register_views(app, state, stats, metrics)
     return app
 

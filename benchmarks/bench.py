@@ -70,6 +70,8 @@ class Run:
     latency_ms: dict[str, float] = field(default_factory=dict)
     offered_per_s: float = 0.0
     settings: dict[str, str] = field(default_factory=dict)
+    output: str = ""
+    """The topic the system wrote its results to."""
 
     @property
     def duplicates(self) -> int:
@@ -235,7 +237,7 @@ class Bench:
     async def throughput(self, name: str, backlog: str, events: int, model: str = TABULAR, **settings: str) -> Run:
         output = self.topic(f"{name}-out")
         await self.create(output, log_append_time=True)
-        run = Run(name, events, settings=settings)
+        run = Run(name, events, settings=settings, output=output)
         group = f"bench-{self.run_id}-{output}"
         with self.system(name, backlog, output, group=group, model=model, **settings):
             await self.wait_consumed(group, backlog, timeout_s=events / (500 if model == TABULAR else 20) + 120)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from app.kafka.delivery import OutboundRecord
-from app.kafka.producer import OutputProducer
+from app.kafka.producer import OutputProducer, producer_options
 from app.kafka.security import client_config
 from app.kafka.transactions import TransactionalPublisher
 from app.settings import KafkaSettings
@@ -108,7 +108,7 @@ def commit_policy(
 ) -> CommitPolicy:
     """The policy PROCESSING_GUARANTEE asks for. ``on_fatal`` stops the worker (exactly-once:
     a fenced or broken transactional producer)."""
-    config = client_config(kafka)
+    config = {**client_config(kafka), **producer_options(kafka)}
     if kafka.exactly_once:
         interval_s = kafka.transaction_interval_ms / 1000.0
         backoff_s = kafka.publish_retry_backoff_s
@@ -116,4 +116,4 @@ def commit_policy(
             kafka.bootstrap_servers, group_id, interval_s, backoff_s, on_fatal, **config
         )
         return ExactlyOnce(input_topic, transactions)
-    return AtLeastOnce(kafka.bootstrap_servers, **config)
+    return AtLeastOnce(kafka.bootstrap_servers, enable_idempotence=kafka.enable_idempotence, **config)

@@ -11,16 +11,42 @@ fell to 585 events/s with ``send_batch`` for every group).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 
 from app.kafka.delivery import OutboundRecord
 from app.kafka.transport import default_partition
+from app.settings import KafkaSettings
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _UNSET: Any = None
 MIN_GROUP_FOR_BATCH = 32
+
+
+def producer_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """AIOKafkaProducer options every producer of outputs takes from the settings."""
+    return {"compression_type": None if kafka.compression_type == "none" else kafka.compression_type}
+
+
+async def patiently(enqueue: Callable[[], Awaitable[T]], topic: str) -> T:
+    """``enqueue()`` until it succeeds. aiokafka gives up enqueueing after request_timeout_ms when
+    the brokers take no writes (no room in its buffer, or the topic's metadata unknown); outputs
+    must wait for the brokers then, not stop the worker, and in order."""
+    waited = 0
+    while True:
+        try:
+            return await enqueue()
+        except KafkaTimeoutError:
+            waited += 1
+            log.warning(
+                "no room to enqueue outputs to %s for %d timeouts: the brokers take no writes; waiting", topic, waited
+            )
 
 
 class OutputProducer:
@@ -47,13 +73,16 @@ class OutputProducer:
         await self._producer.stop()
 
     async def send(self, record: OutboundRecord) -> Awaitable[Any]:
-        delivery: Awaitable[Any] = await self._producer.send(
+        delivery: Awaitable[Any] = await patiently(
+            lambda: self._producer.send(
+                record.topic,
+                record.value,
+                key=record.key,
+                partition=record.partition,
+                timestamp_ms=record.timestamp_ms,
+                headers=record.headers or None,
+            ),
             record.topic,
-            record.value,
-            key=record.key,
-            partition=record.partition,
-            timestamp_ms=record.timestamp_ms,
-            headers=record.headers or None,
         )
         return delivery
 
@@ -61,7 +90,7 @@ class OutputProducer:
         """Enqueue records in order; returns, per record, the future of the batch that carries it."""
         producer = self._producer
         for topic in {record.topic for record in records}:
-            await producer.partitions_for(topic)  # waits until the topic's metadata is known
+            await patiently(partial(producer.partitions_for, topic), topic)  # the topic's metadata known
         groups: dict[tuple[str, int], list[int]] = {}
         for index, record in enumerate(records):
             partition = record.partition
@@ -96,6 +125,6 @@ class OutputProducer:
     async def _submit(
         self, batch: Any, topic: str, partition: int, members: list[int], futures: list[Awaitable[Any]]
     ) -> None:
-        future = await self._producer.send_batch(batch, topic, partition=partition)
+        future = await patiently(lambda: self._producer.send_batch(batch, topic, partition=partition), topic)
         for index in members:
             futures[index] = future

@@ -202,6 +202,7 @@ class ModelCatalog:
 
     def _install(self, runner: Runner) -> None:
         self.runners[runner.key] = runner
+        self._metrics.add_model_version(runner.metadata.name, runner.metadata.version)
         self.failures.pop(runner.key, None)
 
     def _retire_unused(self) -> None:

@@ -10,6 +10,9 @@ one outcome:
 - or, when the handler keeps raising, a ``ModelError``. A failing batch is retried
   ``retries`` times, then bisected, so one poison item fails alone and the rest of its
   batch still gets outputs.
+
+Items may carry an opaque tag (``submit_many(items, tags)``); a ``scope`` hears each batch's tags
+and wraps its handling, retries and isolation included (tracing opens a span there).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from app.errors import ModelError
 
@@ -29,6 +33,8 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[list[T]], Awaitable[Sequence[R]]]
+BatchScope = Callable[[list[Any]], AbstractContextManager[Callable[[int], None]]]
+"""Entered around one batch, given its items' tags; yields a function told how many items failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,7 @@ class _Pending(Generic[T, R]):
     item: T
     future: asyncio.Future[Batched[R]]
     arrived: float
+    tag: Any = None
 
 
 class MicroBatcher(Generic[T, R]):
@@ -53,6 +60,7 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float,
         retries: int = 1,
         on_batch: Callable[[list[float]], None] | None = None,
+        scope: BatchScope | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -65,6 +73,7 @@ class MicroBatcher(Generic[T, R]):
         self._max_wait_s = max_wait_s
         self._retries = retries
         self._on_batch = on_batch
+        self._scope = scope
         self._queue: deque[_Pending[T, R]] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -85,14 +94,18 @@ class MicroBatcher(Generic[T, R]):
     def submit(self, item: T) -> asyncio.Future[Batched[R]]:
         return self.submit_many([item])[0]
 
-    def submit_many(self, items: Sequence[T]) -> list[asyncio.Future[Batched[R]]]:
-        """Queue items in order; one future each."""
+    def submit_many(self, items: Sequence[T], tags: Sequence[Any] | None = None) -> list[asyncio.Future[Batched[R]]]:
+        """Queue items in order; one future each. ``tags``, one per item, go to the scope."""
         if self._closing:
             raise RuntimeError("the batcher is stopping and takes no new items")
         loop = asyncio.get_running_loop()
         now = loop.time()
         futures: list[asyncio.Future[Batched[R]]] = [loop.create_future() for _ in items]
-        self._queue.extend(_Pending(item, future, now) for item, future in zip(items, futures, strict=True))
+        if tags is None:
+            self._queue.extend(_Pending(item, future, now) for item, future in zip(items, futures, strict=True))
+        else:
+            pending = zip(items, futures, tags, strict=True)
+            self._queue.extend(_Pending(item, future, now, tag) for item, future, tag in pending)
         self._wakeup.set()
         return futures
 
@@ -126,7 +139,12 @@ class MicroBatcher(Generic[T, R]):
         if self._on_batch is not None:
             now = asyncio.get_running_loop().time()
             self._on_batch([now - pending.arrived for pending in batch])
-        await self._settle(batch, attempts=self._retries + 1)
+        if self._scope is None:
+            await self._settle(batch, attempts=self._retries + 1)
+            return
+        with self._scope([pending.tag for pending in batch]) as failed:
+            await self._settle(batch, attempts=self._retries + 1)
+            failed(sum(1 for pending in batch if _failed(pending.future)))
 
     async def _settle(self, batch: list[_Pending[T, R]], attempts: int) -> None:
         error: Exception | None = None
@@ -151,3 +169,7 @@ class MicroBatcher(Generic[T, R]):
         # Halves get one try each; a single item gets the full retry budget before it is poison.
         for half in (batch[:middle], batch[middle:]):
             await self._settle(half, attempts=1 if len(half) > 1 else self._retries + 1)
+
+
+def _failed(future: asyncio.Future[Any]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is not None

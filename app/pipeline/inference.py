@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from app.errors import RecordError
 from app.kafka.delivery import InOrderConfirmer, OutboundRecord
+from app.logs import record_fields
 from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
 from app.models.runner import ModelInput, ModelOutput, Runner
@@ -35,8 +36,9 @@ from app.pipeline.batcher import Batched, MicroBatcher
 from app.pipeline.cache import ResultCache
 from app.pipeline.outputs import Ack, Confirmation, Outputs, ShadowResult
 from app.pipeline.stage_metrics import PipelineCounts, StageMetrics
+from app.pipeline.tracing import BatchTracer
 from app.records.observations import Observation
-from app.settings import BatchingSettings, TopicSettings
+from app.settings import BatchingSettings, TopicSettings, TracingSettings, defaults
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,9 @@ class Publisher(Protocol):
 
 
 ShadowOutcomes = list[tuple[Runner, Outcome]]
-_Rows = tuple[list[int], list[ModelInput]]
-"""What one version's batcher is handed from a chunk: the records' positions, and their inputs."""
+_Rows = tuple[list[int], list[ModelInput], list[Any]]
+"""What one version's batcher is handed from a chunk: the records' positions, their inputs, and (when
+tracing) their trace contexts."""
 
 
 # Per chunk, not per record: every object a record holds while in flight costs garbage collection time.
@@ -105,8 +108,11 @@ class InferencePipeline:
         on_crash: Callable[[BaseException], Any] | None = None,
         metrics: Metrics | None = None,
         observe: Observe | None = None,
+        tracing: TracingSettings | None = None,
+        tracer: BatchTracer | None = None,
     ) -> None:
-        """``retry_backoff_s``: the first pause before re-sending an output the broker did not acknowledge."""
+        """``retry_backoff_s``: the first pause before re-sending an output the broker did not acknowledge.
+        ``tracing``: which input headers the outputs carry; ``tracer``: spans per batch (None: none)."""
         self._batching = batching
         self._catalog = catalog
         self._publisher = publisher
@@ -118,7 +124,9 @@ class InferencePipeline:
         if batching.result_cache_size:
             self._cache = ResultCache(batching.result_cache_size, batching.result_cache_ttl_s)
         self._admission = Admission(catalog, batching.max_record_bytes, self._cache)
-        self._outputs = Outputs(topics, catalog)
+        tracing = tracing or defaults(TracingSettings)
+        self._outputs = Outputs(topics, catalog, tracing.propagated_headers)
+        self._tracer = tracer
         self._batchers: dict[Runner, MicroBatcher[ModelInput, ModelOutput]] = {}
         self._pending: dict[Runner, int] = {}
         """Records each runner still owes an output, so a retired runner closes only when it owes none."""
@@ -136,6 +144,10 @@ class InferencePipeline:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def unacknowledged_s(self) -> float:
+        """How long the oldest output has waited for the broker's acknowledgement (0 when none waits)."""
+        return self._confirmer.unacknowledged_s
 
     def start(self) -> None:
         if self._tasks:
@@ -188,35 +200,38 @@ class InferencePipeline:
         """Hand the admitted inputs to their versions' batchers (shadows too), in order; cache hits skip theirs."""
         served: dict[Runner, _Rows] = {}
         shadowed: dict[Runner, _Rows] = {}
+        tracer = self._tracer
         for position, admission in enumerate(admissions):
             if isinstance(admission, Refused):
                 continue
+            context = None if tracer is None else tracer.context_of(admission.record.headers)
             if admission.cached is None:
-                _collect(served, admission.runner, position, admission)
+                _collect(served, admission.runner, position, admission, context)
             for shadow in admission.shadows:
-                _collect(shadowed, shadow, position, admission)
+                _collect(shadowed, shadow, position, admission, context)
         outcomes: list[Outcome | None] = [None] * len(admissions)
-        for runner, (positions, rows) in served.items():
-            for position, outcome in zip(positions, self._submit(runner, rows), strict=True):
+        for runner, rows in served.items():
+            for position, outcome in zip(rows[0], self._submit(runner, rows), strict=True):
                 outcomes[position] = outcome
         if not shadowed:
             return _Chunk(inputs, admissions, outcomes, None)
         shadows: list[ShadowOutcomes | None] = [None] * len(admissions)
-        for shadow, (positions, rows) in shadowed.items():
-            for position, outcome in zip(positions, self._submit(shadow, rows), strict=True):
+        for shadow, rows in shadowed.items():
+            for position, outcome in zip(rows[0], self._submit(shadow, rows), strict=True):
                 record_shadows = shadows[position]
                 if record_shadows is None:
                     record_shadows = shadows[position] = []
                 record_shadows.append((shadow, outcome))
         return _Chunk(inputs, admissions, outcomes, shadows)
 
-    def _submit(self, runner: Runner, inputs: list[ModelInput]) -> list[Outcome]:
+    def _submit(self, runner: Runner, rows: _Rows) -> list[Outcome]:
+        _, inputs, contexts = rows
         self._pending[runner] = self._pending.get(runner, 0) + len(inputs)
         batcher = self._batchers.get(runner)
         if batcher is None:
             batcher = self._batchers[runner] = self._batcher_for(runner)
             batcher.start()
-        return batcher.submit_many(inputs)
+        return batcher.submit_many(inputs, contexts if self._tracer is not None else None)
 
     def _batcher_for(self, runner: Runner) -> MicroBatcher[ModelInput, ModelOutput]:
         callbacks = self._stage_metrics.batch_callbacks(runner)
@@ -233,6 +248,7 @@ class InferencePipeline:
             max_wait_s=self._batching.max_wait_ms / 1000.0,
             retries=self._batching.batch_retries,
             on_batch=callbacks.on_batch,
+            scope=None if self._tracer is None else self._tracer.scope(runner),
         )
 
     def _retire(self, runner: Runner) -> None:
@@ -292,7 +308,9 @@ class InferencePipeline:
                     output = await outcome
                 except RecordError as exc:
                     self._owed(admission.runner)
-                    confirmation, outbound = self._outputs.dead_lettered(admission.record, ack, exc, admission.runner)
+                    confirmation, outbound = self._outputs.dead_lettered(
+                        admission.record, ack, exc, admission.runner, admission.event.event_id
+                    )
                 else:
                     self._owed(admission.runner)
                     if admission.cache_key is not None and self._cache is not None:
@@ -315,7 +333,12 @@ class InferencePipeline:
             try:
                 output = await outcome
             except RecordError as exc:
-                log.warning("shadow %s failed on %s: %s", runner.key, admitted.record.source, exc.reason)
+                source, metadata = admitted.record.source, runner.metadata
+                event_id = admitted.event.event_id
+                fields = record_fields(
+                    *source, event_id, error_class=exc.error_class, model=metadata.name, version=metadata.version
+                )
+                log.warning("shadow %s failed on %s: %s", runner.key, source, exc.reason, extra=fields)
                 self._stage_metrics.on_shadow_failed(runner)
                 continue
             finally:
@@ -367,9 +390,10 @@ class InferencePipeline:
             self._on_crash(exc)
 
 
-def _collect(rows: dict[Runner, _Rows], runner: Runner, position: int, admitted: Admitted) -> None:
+def _collect(rows: dict[Runner, _Rows], runner: Runner, position: int, admitted: Admitted, context: Any) -> None:
     group = rows.get(runner)
     if group is None:
-        group = rows[runner] = ([], [])
+        group = rows[runner] = ([], [], [])
     group[0].append(position)
     group[1].append(admitted.event.input)
+    group[2].append(context)

@@ -1,6 +1,7 @@
 """Build outputs: the stage after predict (... -> predict -> build outputs -> deliver -> ack).
 
-An input's outcome becomes the record to publish: its PredictionResult on the output topic, or,
+An input's outcome becomes the record to publish: its PredictionResult on the output topic (with
+the input's trace context headers, ``PROPAGATED_HEADERS``), or,
 when it cannot be predicted, the input itself on the dead-letter topic, untouched, with the reason
 in the headers, so that nothing is silently dropped. A shadow version's result goes to the shadow
 topic only; it never takes the served result's place.
@@ -14,18 +15,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 from app.errors import RecordError
 from app.kafka.delivery import OutboundRecord
+from app.logs import record_fields
 from app.models.catalog import ModelCatalog
 from app.models.runner import ModelOutput, Runner
 from app.pipeline.admission import Admitted, InboundRecord
 from app.pipeline.batcher import Batched
+from app.pipeline.tracing import carried
 from app.records.dead_letters import dead_letter_headers
-from app.records.events import SourceRef
+from app.records.events import SourceRef, event_id_of
 from app.records.observations import Observation, source_name
 from app.records.results import build_result, encode_result
 from app.settings import TopicSettings
@@ -105,9 +108,11 @@ Confirmation = Predicted | DeadLettered | ShadowResult
 class Outputs:
     """Builds each output record and its confirmation, for the topics in the settings."""
 
-    def __init__(self, topics: TopicSettings, catalog: ModelCatalog) -> None:
+    def __init__(self, topics: TopicSettings, catalog: ModelCatalog, propagated_headers: Collection[str] = ()) -> None:
+        """``propagated_headers``: the input headers results carry (names compared case-insensitively)."""
         self._topics = topics
         self._catalog = catalog
+        self._propagated = frozenset(name.lower() for name in propagated_headers)
 
     def predicted(self, admitted: Admitted, ack: Ack, output: Batched[ModelOutput]) -> tuple[Predicted, OutboundRecord]:
         record = admitted.record
@@ -119,8 +124,10 @@ class Outputs:
             record.source,
             admitted.cached is not None,
         )
+        headers = carried(record.headers, self._propagated)
+        value = encode_result(result)
         outbound = OutboundRecord(
-            self._topics.output_topic, record.key, encode_result(result), [], source=record.source
+            self._topics.output_topic, record.key, value, headers, source=record.source, event_id=result["event_id"]
         )
         predicted = Predicted(
             record.source, ack, admitted.runner, admitted.event.event_time_ms, output, result["latency_ms"] / 1000.0
@@ -128,13 +135,21 @@ class Outputs:
         return predicted, outbound
 
     def dead_lettered(
-        self, record: InboundRecord, ack: Ack, error: RecordError, runner: Runner | None
+        self, record: InboundRecord, ack: Ack, error: RecordError, runner: Runner | None, event_id: str | None = None
     ) -> tuple[DeadLettered, OutboundRecord]:
-        log.warning("dead-lettering %s: %s: %s", record.source, error.error_class, error.reason)
+        """``event_id``: the event's, when it was decoded; else read from the value as far as it goes."""
         runner = runner or self._catalog.serving(self._catalog.default_model)
-        headers = dead_letter_headers(error, record.source, record.headers, runner.metadata)
+        source, metadata = record.source, runner.metadata
+        event_id = event_id or event_id_of(record.value, source)
+        fields = record_fields(
+            *source, event_id, error_class=error.error_class, model=metadata.name, version=metadata.version
+        )
+        log.warning("dead-lettering %s: %s: %s", source, error.error_class, error.reason, extra=fields)
+        headers = dead_letter_headers(error, source, record.headers, metadata)
         topic = self._topics.dead_letter_topic
-        outbound = OutboundRecord(topic, record.key, record.value, headers, record.timestamp_ms, source=record.source)
+        outbound = OutboundRecord(
+            topic, record.key, record.value, headers, record.timestamp_ms, source=source, event_id=event_id
+        )
         return DeadLettered(record, ack, error, runner), outbound
 
     def shadow(
@@ -143,7 +158,9 @@ class Outputs:
         record = admitted.record
         result = build_result(admitted.event, output.value, runner.metadata, output.batch_size, record.source)
         result["shadow"] = True
+        headers = carried(record.headers, self._propagated)
+        value = encode_result(result)
         outbound = OutboundRecord(
-            self._topics.shadow_topic, record.key, encode_result(result), [], source=record.source
+            self._topics.shadow_topic, record.key, value, headers, source=record.source, event_id=result["event_id"]
         )
         return ShadowResult(runner, record.source), outbound

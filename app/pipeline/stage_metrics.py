@@ -52,24 +52,23 @@ class StageMetrics:
 
     def on_cache_lookups(self, admissions: Sequence[Admitted | Refused]) -> None:
         """Admission looked these records up in the result cache (those it admitted)."""
-        hits: dict[str, int] = {}
-        misses: dict[str, int] = {}
+        hits: dict[Runner, int] = {}
+        misses: dict[Runner, int] = {}
         for admission in admissions:
             if isinstance(admission, Admitted):
                 counts = misses if admission.cached is None else hits
-                model = admission.runner.metadata.name
-                counts[model] = counts.get(model, 0) + 1
-        for model, count in hits.items():
-            self._metrics.cache_hits.labels(model).inc(count)
-        for model, count in misses.items():
-            self._metrics.cache_misses.labels(model).inc(count)
+                counts[admission.runner] = counts.get(admission.runner, 0) + 1
+        for runner, count in hits.items():
+            self._metrics.cache_hits.labels(runner.metadata.name, runner.metadata.version).inc(count)
+        for runner, count in misses.items():
+            self._metrics.cache_misses.labels(runner.metadata.name, runner.metadata.version).inc(count)
 
     def batch_callbacks(self, runner: Runner) -> BatchCallbacks:
         """For the batcher of ``runner``, from its start."""
         name, version = runner.metadata.name, runner.metadata.version
         compute = self._metrics.compute.labels(name, version)
-        batch_size = self._metrics.batch_size.labels(name)
-        queue_wait = self._metrics.queue_wait.labels(name)
+        batch_size = self._metrics.batch_size.labels(name, version)
+        queue_wait = self._metrics.queue_wait.labels(name, version)
 
         def on_batch(waits_s: list[float]) -> None:
             self.counts.batches += 1
@@ -85,7 +84,7 @@ class StageMetrics:
     def on_delivered(self, confirmations: Sequence[Confirmation]) -> None:
         """The broker acknowledged these outputs and their inputs were acked: they are no longer in flight."""
         predicted: dict[Runner, list[float]] = {}
-        dead_letters: dict[str, int] = {}
+        dead_letters: dict[tuple[str, str, str], int] = {}
         shadows: dict[Runner, int] = {}
         for item in confirmations:
             if isinstance(item, Predicted):
@@ -95,16 +94,18 @@ class StageMetrics:
                 else:
                     latencies.append(item.latency_s)
             elif isinstance(item, DeadLettered):
-                dead_letters[item.error.error_class] = dead_letters.get(item.error.error_class, 0) + 1
+                metadata = item.runner.metadata
+                key = (metadata.name, metadata.version, item.error.error_class)
+                dead_letters[key] = dead_letters.get(key, 0) + 1
             else:
                 shadows[item.runner] = shadows.get(item.runner, 0) + 1
         for runner, latencies in predicted.items():
             self._metrics.predictions.labels(runner.metadata.name, runner.metadata.version).inc(len(latencies))
-            end_to_end = self._metrics.end_to_end.labels(runner.metadata.name)
+            end_to_end = self._metrics.end_to_end.labels(runner.metadata.name, runner.metadata.version)
             for latency_s in latencies:
                 end_to_end.observe(max(latency_s, 0.0))
-        for error_class, count in dead_letters.items():
-            self._metrics.dead_letters.labels(error_class).inc(count)
+        for (model, version, error_class), count in dead_letters.items():
+            self._metrics.dead_letters.labels(model, version, error_class).inc(count)
         for runner, count in shadows.items():
             self._metrics.shadow_predictions.labels(runner.metadata.name, runner.metadata.version).inc(count)
         predicted_count = sum(len(latencies) for latencies in predicted.values())

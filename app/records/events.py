@@ -17,21 +17,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from app.errors import ERROR_CLASSES as ERROR_CLASSES  # re-exported: the classes parse_event raises
 from app.errors import InvalidRecord
 
-ERROR_CLASSES = (
-    "empty_value",
-    "oversized",
-    "not_utf8",
-    "invalid_json",
-    "schema_violation",
-    "non_finite",
-    "wrong_feature_count",
-    "wrong_feature_names",
-    "wrong_input_kind",
-    "unknown_model",
-    "model_error",
-)
 # ISO-8601 date or date-time, as schemas/prediction_event.schema.json's "timestamp" pattern.
 ISO_8601_PATTERN = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?$"
@@ -112,6 +100,19 @@ def parse_event(value: bytes | None, source: SourceRef, max_bytes: int) -> Predi
 
 
 _MISSING: Any = object()
+
+
+def event_id_of(value: bytes | None, source: SourceRef) -> str:
+    """The event id of a record that may not be a valid event (for logs): its ``event_id`` when it is a
+    JSON object that names one, else the default ``<topic>-<partition>-<offset>``."""
+    try:
+        document = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("event_id"), str) and document["event_id"]:
+        event_id: str = document["event_id"]
+        return event_id
+    return f"{source.topic}-{source.partition}-{source.offset}"
 
 
 def _classify_undecodable(value: bytes, exc: orjson.JSONDecodeError) -> InvalidRecord:

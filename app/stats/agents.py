@@ -41,7 +41,7 @@ import faust
 import orjson
 
 from app.errors import ModelLoadError
-from app.kafka.delivery import OutboundRecord, Send, publish, until_acknowledged
+from app.kafka.delivery import OutboundRecord, Send, publish, sent_and_acknowledged, until_acknowledged
 from app.kafka.transport import BatchingConsumer, WorkerApp
 from app.metrics import Metrics
 from app.models.registry import ModelRegistry
@@ -214,7 +214,8 @@ class StatsAgents:
             return self.partials.send_changelog(partition, key, value)
 
         backoff_s = self._backoff_s
-        await until_acknowledged(await write(), write, backoff_s, f"changelog write of {key.decode()}")
+        first = sent_and_acknowledged(write)
+        await until_acknowledged(first, write, backoff_s, f"changelog write of {key.decode()}")
 
     @staticmethod
     def _load(table: Any, key: bytes) -> WindowAggregate | None:

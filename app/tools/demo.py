@@ -29,7 +29,9 @@ from app.tools.produce import EventFactory, produce_events
 from app.tools.tail import describe, follow
 
 READY_TIMEOUT_S = 180.0
-SHOWN_LINES = 15
+SHOWN_PREDICTIONS = 12
+SHOWN_DEAD_LETTERS = 3
+"""The first predictions and dead letters are printed as they arrive; then only the summary."""
 
 
 def wait_ready(port: int, worker: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
@@ -79,7 +81,14 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
     first = asyncio.ensure_future(anext(records))  # subscribe before producing, so nothing is missed
     await asyncio.sleep(2.0)
     report = await produce_events(
-        settings.kafka.bootstrap_servers, settings.topics.input_topic, factory, count, rate, malformed, **config
+        settings.kafka.bootstrap_servers,
+        settings.topics.input_topic,
+        factory,
+        count,
+        rate,
+        malformed,
+        progress=False,
+        **config,
     )
     print(f"demo: produced {report.sent} events ({report.malformed.total()} malformed) in {report.seconds:.1f}s")
     expected_results = set(report.valid_event_ids)
@@ -88,20 +97,25 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
     dead = 0
     batch_sizes: Counter[int] = Counter()
     latencies: list[float] = []
-    shown = 0
+    shown_predictions = shown_dead_letters = 0
     record = await first
     while True:
         if record.topic == settings.topics.dead_letter_topic:
-            dead += 1 if (record.key or b"").startswith(b"bad-") else 0
+            ours = (record.key or b"").startswith(b"bad-")
+            dead += 1 if ours else 0
+            show = ours and shown_dead_letters < SHOWN_DEAD_LETTERS
+            shown_dead_letters += show
         else:
             result = orjson.loads(record.value or b"{}")
-            if result["event_id"] in expected_results:
+            ours = result["event_id"] in expected_results
+            if ours:
                 seen_results.add(result["event_id"])
                 batch_sizes[result["batch_size"]] += 1
                 latencies.append(result["latency_ms"])
-        if shown < SHOWN_LINES:
+            show = ours and shown_predictions < SHOWN_PREDICTIONS
+            shown_predictions += show
+        if show:
             print("  " + describe(record, settings.topics.dead_letter_topic))
-            shown += 1
         if seen_results == expected_results and dead >= expected_dead:
             break
         try:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,6 +93,23 @@ def sasl_bootstrap_servers(bootstrap_servers: str) -> str:
             "broker (make kafka-down kafka-up) or set KAFKA_SASL_BOOTSTRAP_SERVERS"
         )
     return servers
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """The local three-broker cluster (kafka/kafka.sh up --brokers 3), stopped at the end when this
+    session started it. Its tests stop and kill brokers, so they need the local one."""
+    from tests.integration.cluster import start_cluster, stop_cluster
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("the cluster tests stop and kill the local cluster's brokers, not KAFKA_BOOTSTRAP_SERVERS'")
+    try:
+        local, started = start_cluster()
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        _unavailable(f"the local three-broker cluster did not start: {exc}")
+    yield local
+    if started:
+        stop_cluster()
 
 
 @pytest.fixture(autouse=True)

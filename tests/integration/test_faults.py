@@ -224,7 +224,9 @@ def test_a_batch_whose_forward_raises_is_retried_or_split_and_every_record_gets_
         )
         committed, ends = asyncio.run(committed_to_end(bootstrap_servers, names.app_id, names.input_topic, 15))
         assert committed == ends, f"committed {committed}, end {ends}"
-        dead_letters_metric = gauge(worker, 'inference_dead_letters_total{reason="model_error"}')
+        dead_letters_metric = gauge(
+            worker, 'inference_dead_letters_total{model="poisonable",reason="model_error",version="1"}'
+        )
 
     predictions = Counter(o.result["event_id"] for o in outputs if o.topic == names.output_topic)
     dead_letters = [o for o in outputs if o.topic == names.dead_letter_topic]

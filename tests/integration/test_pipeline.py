@@ -19,6 +19,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.errors import ERROR_CLASSES
 from tests.integration.conftest import Names, WorkerProcess, create_topics, running_worker, worker_env
 from tests.integration.streams import Output, Record, committed_to_end, keyed_by_user, produce, read_outputs
 
@@ -216,26 +217,36 @@ def test_the_worker_log_names_each_dead_letter(run: Run) -> None:
 def test_metrics_count_what_flowed(run: Run) -> None:
     before, after = run.metrics_before, scrape(run.worker)
     valid, bad = len(run.produced_valid), len(run.produced_bad)
-    model = {"model": "breast-cancer"}
     served = json.loads(run.worker.get("/models")[1])["breast-cancer"]["version"]
     version = {"model": "breast-cancer", "version": served}
-    assert value(before, "inference_predictions_total", **version) is None  # nothing had flowed yet
+    # The served version's series and the input topic's exist at 0 before the first record.
+    assert value(before, "inference_predictions_total", **version) == 0
+    assert value(before, "inference_end_to_end_latency_seconds_count", **version) == 0
+    assert value(before, "inference_events_consumed_total", topic=run.names.input_topic) == 0
+    for reason in ERROR_CLASSES:
+        assert value(before, "inference_dead_letters_total", **version, reason=reason) == 0
     assert value(after, "inference_predictions_total", **version) == valid
     assert value(after, "inference_events_consumed_total", topic=run.names.input_topic) == valid + bad
     expected_reasons: dict[str, int] = defaultdict(int)
     for error_class, *_ in run.produced_bad.values():
         expected_reasons[error_class] += 1
-    for reason, count in expected_reasons.items():
-        assert value(after, "inference_dead_letters_total", reason=reason) == count
-    assert value(after, "inference_queue_wait_seconds_count", **model) == valid
-    assert value(after, "inference_end_to_end_latency_seconds_count", **model) == valid
-    batches = value(after, "inference_batch_size_count", **model)
+    for reason in ERROR_CLASSES:  # dead letters name the version they were meant for: here the served one
+        assert value(after, "inference_dead_letters_total", **version, reason=reason) == expected_reasons[reason]
+    assert value(after, "inference_queue_wait_seconds_count", **version) == valid
+    assert value(after, "inference_end_to_end_latency_seconds_count", **version) == valid
+    batches = value(after, "inference_batch_size_count", **version)
     assert batches is not None and 1 <= batches <= valid
-    assert value(after, "inference_batch_size_sum", **model) == valid
+    assert value(after, "inference_batch_size_sum", **version) == valid
     assert value(after, "inference_model_compute_seconds_count", **version) == batches
     assert value(after, "inference_records_in_flight") == 0
     assert value(after, "inference_worker_up") == 1
-    assert value(after, "inference_model_info", name="breast-cancer", version=served, device="cpu") == 1
+    assert value(after, "inference_model_info", **version, device="cpu") == 1
+    assert value(after, "process_resident_memory_bytes") is not None  # the standard process collector
+    assert value(after, "python_info", **python_labels(after)) == 1
+
+
+def python_labels(samples: Samples) -> dict[str, str]:
+    return next(dict(labels) for name, labels in samples if name == "python_info")
 
 
 def test_consumer_lag_is_exported_per_partition_and_drains_to_zero(run: Run) -> None:

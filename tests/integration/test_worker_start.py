@@ -80,7 +80,8 @@ FAUST_VARIABLES = {
     "BROKER_URL": "kafka://127.0.0.1:1",
     "CONSUMER_AUTO_OFFSET_RESET": "latest",
     "APP_DATADIR": "/nonexistent/faust-data",
-    "TOPIC_REPLICATION_FACTOR": "3",
+    "STORE": "rocksdb://",
+    "PRODUCER_ACKS": "0",
 }
 """faust's own environment variables, set to values that would break or change a worker that read them."""
 
@@ -107,3 +108,14 @@ def test_topics_just_created_are_counted_with_their_partitions(bootstrap_servers
 
     for counts in asyncio.run(create_and_count()):
         assert set(counts.values()) == {3}, counts
+
+
+def test_more_replicas_than_brokers_is_one_clear_line(bootstrap_servers: str, names: Names, tmp_path: Path) -> None:
+    """TOPIC_REPLICATION_FACTOR=3 on the single local broker: the topics cannot be created."""
+    env = worker_env(bootstrap_servers, names, tmp_path, TOPIC_REPLICATION_FACTOR="3", WEB_PORT=str(free_port()))
+    done = run_worker_to_exit(env, timeout_s=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"inference-worker: configuration error: cannot create topic '{names.input_topic}' with 3 replicas: "
+        "fewer brokers are up; start the missing brokers or lower TOPIC_REPLICATION_FACTOR"
+    )

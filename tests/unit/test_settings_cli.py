@@ -32,6 +32,19 @@ def test_reads_and_converts_the_environment() -> None:
     assert settings.models.half_precision is True
 
 
+def test_production_kafka_settings() -> None:
+    """Unset, the replication factor is the cluster's; Kafka's spellings are read case-insensitively."""
+    defaults = Settings.from_env({})
+    assert defaults.topics.replication_factor is None
+    assert (defaults.kafka.auto_offset_reset, defaults.kafka.compression_type) == ("earliest", "none")
+    assert defaults.kafka.enable_idempotence is True
+    settings = Settings.from_env(
+        {"TOPIC_REPLICATION_FACTOR": "3", "KAFKA_COMPRESSION_TYPE": "ZSTD", "KAFKA_AUTO_OFFSET_RESET": "Latest"}
+    )
+    assert settings.topics.replication_factor == 3
+    assert (settings.kafka.compression_type, settings.kafka.auto_offset_reset) == ("zstd", "latest")
+
+
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
@@ -41,6 +54,9 @@ def test_reads_and_converts_the_environment() -> None:
         ({"MODEL_DEVICE": "tpu"}, "must be auto, cpu or cuda"),
         ({"MODEL_HALF_PRECISION": "maybe"}, "not a boolean"),
         ({"MODEL_NAMES": " , "}, "must name at least one model"),
+        ({"TOPIC_REPLICATION_FACTOR": "0"}, "TOPIC_REPLICATION_FACTOR='0' is invalid: must be >= 1"),
+        ({"KAFKA_COMPRESSION_TYPE": "brotli"}, "must be none, gzip, snappy, lz4 or zstd"),
+        ({"KAFKA_AUTO_OFFSET_RESET": "beginning"}, "must be earliest or latest"),
     ],
 )
 def test_bad_values_raise_one_clear_line(env: dict[str, str], fragment: str) -> None:
