@@ -7,7 +7,7 @@ VENV = $(shell scripts/venv.sh)
 PYTHON = $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv kafka-up kafka-down kafka-status run test test-unit lint bench bench-quick model settings-table clean
+.PHONY: help venv kafka-up kafka-down kafka-status registry-up registry-down registry-status run test test-unit lint bench bench-quick model settings-table clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -23,6 +23,15 @@ kafka-down: ## stop the local Kafka broker (no-op when down)
 
 kafka-status: ## say whether the broker answers
 	@kafka/kafka.sh status
+
+registry-up: ## start the local Schema Registry (Apicurio, Confluent API; no-op when up)
+	@registry/registry.sh up
+
+registry-down: ## stop the local Schema Registry (no-op when down)
+	@registry/registry.sh down
+
+registry-status: ## say whether the Schema Registry answers
+	@registry/registry.sh status
 
 run: kafka-up ## the demo: a worker with the default model, sample events in, predictions out
 	@$(PYTHON) -m app demo
