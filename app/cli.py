@@ -100,19 +100,28 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(settings: Settings) -> int:
     from faust.worker import Worker
 
+    from app.kafka.schema_registry import record_formats
     from app.kafka.topics import check_internal_topics, ensure_worker_topics
     from app.metrics import Metrics
     from app.worker import create_app, internal_topics, load_catalog
 
     metrics = Metrics()
     catalog = load_catalog(settings, metrics)  # a model that cannot load stops the start before Kafka is asked
+    # The registry next (when a format needs it): unreachable, refusing, or holding an incompatible
+    # output schema stops the start with one line.
+    formats = record_formats(
+        settings.schema_registry,
+        settings.topics,
+        settings.batching.max_record_bytes,
+        settings.kafka.publish_retry_backoff_s,
+    )
     # Topics next: faust subscribes only to topics that exist when it starts, and its internal topics
     # take the input topic's partition count. The loop stays current: faust's worker runs on it next.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     config = client_config(settings.kafka)
     partitions = loop.run_until_complete(ensure_worker_topics(settings))
-    app = create_app(settings, partitions[settings.topics.input_topic], catalog, metrics)
+    app = create_app(settings, partitions[settings.topics.input_topic], catalog, metrics, formats)
     loop.run_until_complete(
         check_internal_topics(settings.kafka.bootstrap_servers, internal_topics(app), settings.worker.app_id, **config)
     )

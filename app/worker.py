@@ -29,6 +29,7 @@ from app.models.catalog import ModelCatalog
 from app.models.registry import ModelRegistry
 from app.pipeline.inference import InboundRecord, InferencePipeline
 from app.records.events import SourceRef
+from app.records.wire_format import RecordFormats
 from app.settings import Settings
 from app.stats.agents import StatsAgents
 
@@ -74,11 +75,17 @@ class WorkerState:
 
 
 def create_app(
-    settings: Settings, input_partitions: int, catalog: ModelCatalog | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    input_partitions: int,
+    catalog: ModelCatalog | None = None,
+    metrics: Metrics | None = None,
+    formats: RecordFormats | None = None,
 ) -> faust.App:
     """``input_partitions``: the input topic's partition count; faust's tables and the statistics
-    feed are partitioned alike (a changelog partition per input partition)."""
+    feed are partitioned alike (a changelog partition per input partition). ``formats``: the topics'
+    record formats, their schemas registered (``app.kafka.schema_registry.record_formats``); JSON by default."""
     metrics = metrics or Metrics()
+    formats = formats or RecordFormats()
     catalog = load_catalog(settings, metrics) if catalog is None else catalog
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     crashes: set[asyncio.Future[None]] = set()
@@ -130,7 +137,9 @@ def create_app(
     if settings.stats.stats_enabled:
         registry = ModelRegistry(settings.models.model_dir)
         backoff_s = settings.kafka.publish_retry_backoff_s
-        stats = StatsAgents(app, settings.stats, settings.topics, registry, send, metrics, input_partitions, backoff_s)
+        stats = StatsAgents(
+            app, settings.stats, settings.topics, registry, send, metrics, input_partitions, backoff_s, formats.stats
+        )
     input_batches = app.route_batches(input_topic, maxsize=INPUT_BATCHES_BUFFERED)
 
     @app.agent(input_batches, name="predict")
@@ -149,6 +158,7 @@ def create_app(
             on_crash=crash,
             metrics=metrics,
             observe=observe,
+            formats=formats,
         )
         pipeline.start()
         consumer = cast(BatchingConsumer, app.consumer)

@@ -36,6 +36,7 @@ from app.pipeline.cache import ResultCache
 from app.pipeline.outputs import Ack, Confirmation, Outputs, ShadowResult
 from app.pipeline.stage_metrics import PipelineCounts, StageMetrics
 from app.records.observations import Observation
+from app.records.wire_format import RecordFormats
 from app.settings import BatchingSettings, TopicSettings
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,12 @@ class InferencePipeline:
         on_crash: Callable[[BaseException], Any] | None = None,
         metrics: Metrics | None = None,
         observe: Observe | None = None,
+        formats: RecordFormats | None = None,
     ) -> None:
-        """``retry_backoff_s``: the first pause before re-sending an output the broker did not acknowledge."""
+        """``retry_backoff_s``: the first pause before re-sending an output the broker did not acknowledge;
+        ``formats``: how inputs are decoded and outputs encoded (INPUT_FORMAT, OUTPUT_FORMAT; JSON by default)."""
+        formats = formats or RecordFormats()
+        self._prepare = formats.prepare
         self._batching = batching
         self._catalog = catalog
         self._publisher = publisher
@@ -117,8 +122,8 @@ class InferencePipeline:
         self._cache: ResultCache[ModelOutput] | None = None
         if batching.result_cache_size:
             self._cache = ResultCache(batching.result_cache_size, batching.result_cache_ttl_s)
-        self._admission = Admission(catalog, batching.max_record_bytes, self._cache)
-        self._outputs = Outputs(topics, catalog)
+        self._admission = Admission(catalog, batching.max_record_bytes, self._cache, formats.decode)
+        self._outputs = Outputs(topics, catalog, formats.result, formats.shadow)
         self._batchers: dict[Runner, MicroBatcher[ModelInput, ModelOutput]] = {}
         self._pending: dict[Runner, int] = {}
         """Records each runner still owes an output, so a retired runner closes only when it owes none."""
@@ -163,6 +168,8 @@ class InferencePipeline:
             await self._credits.acquire(len(chunk))
             self._in_flight += len(chunk)
             self._idle.clear()
+            if self._prepare is not None:  # the writer schemas of ids not seen before, off the event loop
+                await self._prepare([record.value for record, _ in chunk])
             admissions = [admit(record) for record, _ in chunk]
             self._stage_metrics.on_admitted(admissions)
             if self._cache is not None:

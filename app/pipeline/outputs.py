@@ -28,6 +28,7 @@ from app.records.dead_letters import dead_letter_headers
 from app.records.events import SourceRef
 from app.records.observations import Observation, source_name
 from app.records.results import build_result, encode_result
+from app.records.wire_format import Encode
 from app.settings import TopicSettings
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,18 @@ Confirmation = Predicted | DeadLettered | ShadowResult
 class Outputs:
     """Builds each output record and its confirmation, for the topics in the settings."""
 
-    def __init__(self, topics: TopicSettings, catalog: ModelCatalog) -> None:
+    def __init__(
+        self,
+        topics: TopicSettings,
+        catalog: ModelCatalog,
+        encode: Encode = encode_result,
+        encode_shadow: Encode = encode_result,
+    ) -> None:
+        """``encode``, ``encode_shadow``: how results are written to the output and shadow topics (OUTPUT_FORMAT)."""
         self._topics = topics
         self._catalog = catalog
+        self._encode = encode
+        self._encode_shadow = encode_shadow
 
     def predicted(self, admitted: Admitted, ack: Ack, output: Batched[ModelOutput]) -> tuple[Predicted, OutboundRecord]:
         record = admitted.record
@@ -119,9 +129,7 @@ class Outputs:
             record.source,
             admitted.cached is not None,
         )
-        outbound = OutboundRecord(
-            self._topics.output_topic, record.key, encode_result(result), [], source=record.source
-        )
+        outbound = OutboundRecord(self._topics.output_topic, record.key, self._encode(result), [], source=record.source)
         predicted = Predicted(
             record.source, ack, admitted.runner, admitted.event.event_time_ms, output, result["latency_ms"] / 1000.0
         )
@@ -144,6 +152,6 @@ class Outputs:
         result = build_result(admitted.event, output.value, runner.metadata, output.batch_size, record.source)
         result["shadow"] = True
         outbound = OutboundRecord(
-            self._topics.shadow_topic, record.key, encode_result(result), [], source=record.source
+            self._topics.shadow_topic, record.key, self._encode_shadow(result), [], source=record.source
         )
         return ShadowResult(runner, record.source), outbound

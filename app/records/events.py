@@ -29,6 +29,8 @@ ERROR_CLASSES = (
     "wrong_input_kind",
     "unknown_model",
     "model_error",
+    "unknown_schema",
+    "schema_mismatch",
 )
 # ISO-8601 date or date-time, as schemas/prediction_event.schema.json's "timestamp" pattern.
 ISO_8601_PATTERN = (
@@ -81,6 +83,11 @@ def parse_event(value: bytes | None, source: SourceRef, max_bytes: int) -> Predi
         raise _classify_undecodable(value, exc) from None
     if not isinstance(document, dict):
         raise InvalidRecord("schema_violation", f"value must be a JSON object, got {type(document).__name__}")
+    return event_from_document(document, source)
+
+
+def event_from_document(document: dict[str, Any], source: SourceRef) -> PredictionEvent:
+    """Validate a decoded event (JSON, or a registry record mapped to the event's fields)."""
     event_id = _event_id(document, source)
     user_id = _string(document, "user_id")
     # Inline, not a helper per event: this runs for every record (~18k/s on the tabular path).
