@@ -105,16 +105,16 @@ def _worker(settings: Settings) -> int:
     from app.metrics import Metrics
     from app.worker import create_app, internal_topics, load_catalog
 
-    metrics = Metrics()
-    catalog = load_catalog(settings, metrics)  # a model that cannot load stops the start before Kafka is asked
-    # The registry next (when a format needs it): unreachable, refusing, or holding an incompatible
-    # output schema stops the start with one line.
+    # The registry first (when a format needs it): unreachable, refusing, or holding an incompatible
+    # output schema stops the start with one line, before the models take their time to load.
     formats = record_formats(
         settings.schema_registry,
         settings.topics,
         settings.batching.max_record_bytes,
         settings.kafka.publish_retry_backoff_s,
     )
+    metrics = Metrics()
+    catalog = load_catalog(settings, metrics)  # a model that cannot load stops the start before Kafka is asked
     # Topics next: faust subscribes only to topics that exist when it starts, and its internal topics
     # take the input topic's partition count. The loop stays current: faust's worker runs on it next.
     loop = asyncio.new_event_loop()

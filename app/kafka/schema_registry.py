@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,9 @@ def registry_config(settings: SchemaRegistrySettings) -> dict[str, Any]:
 
 def registry_client(settings: SchemaRegistrySettings) -> SchemaRegistryClient:
     try:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
+        # authlib, which the client imports, warns (always, its own filter) that its httpx module is deprecated.
+        with warnings.catch_warnings(record=True):
+            from confluent_kafka.schema_registry import SchemaRegistryClient
     except ImportError as exc:
         raise ConfigError(
             f"INPUT_FORMAT/OUTPUT_FORMAT avro or jsonschema need the registry extra ({exc}): "

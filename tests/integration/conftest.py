@@ -56,6 +56,31 @@ def bootstrap_servers() -> str:
     return servers
 
 
+def _registry_unavailable(why: str) -> None:
+    message = f"no Schema Registry reachable: {why}"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> str:
+    """The Schema Registry's Confluent-API URL: SCHEMA_REGISTRY_URL, else the local one that
+    registry/registry.sh brings up (the same script as ``make registry-up``). Unreachable: fail in CI,
+    else skip."""
+    script = str(ROOT / "registry" / "registry.sh")
+    try:
+        done = subprocess.run([script, "up"], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        _registry_unavailable("registry/registry.sh up did not finish in 600 s")
+    if done.returncode != 0:
+        _registry_unavailable(done.stderr.strip() or done.stdout.strip())
+    status = subprocess.run([script, "status"], capture_output=True, text=True, timeout=60)
+    if status.returncode != 0:
+        _registry_unavailable("registry/registry.sh status: " + (status.stdout.strip() or status.stderr.strip()))
+    return subprocess.run([script, "url"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+
+
 # kafka/kafka.sh's test-only SASL user (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), known to everyone.
 SASL_USERNAME = "inference-worker"
 SASL_PASSWORD = "local-test-only"
