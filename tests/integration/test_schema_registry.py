@@ -5,7 +5,8 @@ compatible versions of its schema, plus a record naming a schema id the registry
 a corrupt frame and an unframed JSON record. A worker with INPUT_FORMAT=avro and OUTPUT_FORMAT=avro
 predicts every good event exactly once and dead-letters every bad one with its class, bytes
 untouched; a consumer with confluent-kafka's AvroDeserializer reads the predictions (and a
-WindowStats record) back, with the schemas registered under the topics' subjects.
+WindowStats record) back, with the schemas registered under the topics' subjects. A second test
+does the same, smaller, with JSON Schema (JSONSerializer in, JSONDeserializer out).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,10 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from app.records.avro_schemas import avro_schema_of
+from app.records.avro_schemas import avro_schema_of, json_schema_text
 from app.records.dead_letters import HEADER_ERROR_CLASS
 from app.records.wire_format import frame
 from tests.integration.conftest import Names, create_topics, running_worker, worker_env
@@ -113,11 +116,16 @@ def produce_avro(
 
 
 def read_predictions(
-    bootstrap: str, registry: SchemaRegistryClient, topic: str, expected: int, timeout_s: float = 120.0
+    bootstrap: str,
+    registry: SchemaRegistryClient,
+    topic: str,
+    expected: int,
+    timeout_s: float = 120.0,
+    deserialize: Callable[[bytes, SerializationContext], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Every record of ``topic`` from the start, decoded with AvroDeserializer, until ``expected`` came
-    and 3 s passed without more (so a duplicate would be seen)."""
-    deserialize = AvroDeserializer(registry)
+    and 3 s passed without more (so a duplicate would be seen). ``deserialize``: AvroDeserializer by default."""
+    deserialize = deserialize or AvroDeserializer(registry)
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
     )
@@ -188,6 +196,63 @@ def test_avro_events_in_avro_predictions_out(
     assert stats, "no WindowStats record read back"
     assert sum(record["count"] for record in stats) >= 1
     assert all(record["model_name"] == "breast-cancer" for record in stats)
+
+
+EVENT_JSON_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "ScoringEvent",
+    "type": "object",
+    "required": ["event_id", "user_id", "features", "timestamp"],
+    "properties": {
+        "event_id": {"type": "string"},
+        "user_id": {"type": "string"},
+        "features": {"type": "array", "items": {"type": "number"}},
+        "timestamp": {"type": "integer"},
+    },
+}
+
+
+def test_json_schema_events_in_json_schema_predictions_out(
+    bootstrap_servers: str, schema_registry_url: str, names: Names, tmp_path: Path
+) -> None:
+    """The same with Confluent's JSONSerializer and JSONDeserializer (which validates each prediction
+    against the JSON Schema the worker registered: schemas/prediction_result.schema.json)."""
+    registry = SchemaRegistryClient({"url": schema_registry_url})
+    create_topics(bootstrap_servers, names)
+    producer = Producer({"bootstrap.servers": bootstrap_servers})
+    serialize = JSONSerializer(json.dumps(EVENT_JSON_SCHEMA), registry)
+    context = SerializationContext(names.input_topic, MessageField.VALUE)
+    expected = set()
+    for index in range(60):
+        document = {**event(index, 1), "event_id": f"js-{index}"}
+        producer.produce(names.input_topic, key=document["user_id"].encode(), value=serialize(document, context))
+        expected.add(document["event_id"])
+    unknown = frame(UNKNOWN_SCHEMA_ID, json.dumps({**event(0, 1), "event_id": "x"}).encode())
+    producer.produce(names.input_topic, key=b"bad-unknown-schema", value=unknown)
+    assert producer.flush(60) == 0
+    env = worker_env(
+        bootstrap_servers,
+        names,
+        tmp_path,
+        INPUT_FORMAT="jsonschema",
+        OUTPUT_FORMAT="jsonschema",
+        SCHEMA_REGISTRY_URL=schema_registry_url,
+        STATS_ENABLED="false",
+    )
+    with running_worker(env, tmp_path / "worker.log"):
+        deserialize = JSONDeserializer(None, schema_registry_client=registry)
+        results = read_predictions(bootstrap_servers, registry, names.output_topic, len(expected), 120.0, deserialize)
+        dead_letters = asyncio.run(
+            read_outputs(bootstrap_servers, (names.dead_letter_topic,), lambda seen: len(seen) >= 1, 60.0, 1.0)
+        )
+    counts = Counter(result["event_id"] for result in results)
+    assert set(counts) == expected and max(counts.values()) == 1
+    assert [(o.key, o.value, dict(o.headers)[HEADER_ERROR_CLASS]) for o in dead_letters] == [
+        (b"bad-unknown-schema", unknown, b"unknown_schema")
+    ]
+    registered = registry.get_latest_version(f"{names.output_topic}-value").schema
+    assert registered.schema_type == "JSON"
+    assert json.loads(registered.schema_str) == json.loads(json_schema_text("prediction_result"))
 
 
 @pytest.fixture(autouse=True)
