@@ -137,11 +137,13 @@ def _worker(settings: Settings) -> int:
 
 
 async def _produce(args: argparse.Namespace, settings: Settings) -> int:
+    from app.kafka.schema_registry import event_encoder
     from app.kafka.topics import ensure_worker_topics
     from app.models.registry import ModelRegistry
     from app.tools.produce import EventFactory, produce_events
 
     config = client_config(settings.kafka)
+    encode = event_encoder(settings.schema_registry, settings.topics.input_topic)
     await ensure_worker_topics(settings)
     metadata = ModelRegistry(settings.models.model_dir).metadata(
         args.model or settings.models.default_model, settings.models.model_version
@@ -155,6 +157,7 @@ async def _produce(args: argparse.Namespace, settings: Settings) -> int:
         args.rate,
         args.malformed,
         args.model,
+        encode=encode,
         **config,
     )
     print(
@@ -165,13 +168,15 @@ async def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    from app.kafka.schema_registry import result_decoder
     from app.tools.tail import describe as describe_record
     from app.tools.tail import follow
 
+    decode = result_decoder(settings.schema_registry)
     topics = (settings.topics.output_topic, settings.topics.dead_letter_topic)
     config = client_config(settings.kafka)
     async for record in follow(
         settings.kafka.bootstrap_servers, topics, args.from_beginning, args.idle_timeout, **config
     ):
-        print(describe_record(record, settings.topics.dead_letter_topic), flush=True)
+        print(describe_record(record, settings.topics.dead_letter_topic, decode), flush=True)
     return 0

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import ssl
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -35,11 +35,13 @@ from app.records.wire_format import (
     Encode,
     FieldMapping,
     FramedEventDecoder,
+    FramedResultDecoder,
     RecordFormats,
     WriterSchema,
     avro_encoder,
     json_encoder,
     json_schema_encoder,
+    schema_id_of,
     writer_schema,
 )
 from app.settings import SchemaRegistrySettings, TopicSettings
@@ -141,8 +143,9 @@ def register(client: SchemaRegistryClient, subject: str, schema_str: str, schema
     return schema_id
 
 
-def output_encoder(client: SchemaRegistryClient, output_format: str, topic: str, name: str) -> Encode:
-    """How records of ``schemas/<name>.schema.json`` are written to ``topic``, registered there if framed."""
+def topic_encoder(client: SchemaRegistryClient, output_format: str, topic: str, name: str) -> Encode:
+    """How records of ``schemas/<name>.schema.json`` are written to ``topic`` in ``output_format``,
+    their schema registered under ``<topic>-value`` when framed."""
     subject = f"{topic}-value"
     if output_format == "avro":
         schema = avro_schema_of(name)
@@ -182,10 +185,15 @@ class WriterSchemas:
             backoff = min(backoff * 2, MAX_FETCH_BACKOFF_S)
 
     def _get(self, schema_id: int) -> WriterSchema | None:
+        return self.get(self._client, schema_id)
+
+    @staticmethod
+    def get(client: SchemaRegistryClient, schema_id: int) -> WriterSchema | None:
+        """The registry's schema ``schema_id``, parsed; None when it has none (other failures raise)."""
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
-            schema = self._client.get_schema(schema_id)
+            schema = client.get_schema(schema_id)
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 log.warning("the Schema Registry has no schema with id %d: its records are dead-lettered", schema_id)
@@ -193,6 +201,41 @@ class WriterSchemas:
             raise
         log.info("fetched writer schema id %d (%s)", schema_id, schema.schema_type or "AVRO")
         return writer_schema(schema.schema_type, schema.schema_str or "")
+
+
+def event_encoder(settings: SchemaRegistrySettings, topic: str) -> Encode:
+    """How the tools (``produce``, ``demo``) write events to the input topic: in INPUT_FORMAT, the event
+    schema (``schemas/prediction_event.schema.json``, or Avro generated from it) registered under
+    ``<topic>-value``."""
+    if settings.input_format == "json":
+        return json_encoder()
+    client = registry_client(settings)
+    check_registry(client, settings)
+    return topic_encoder(client, settings.input_format, topic, "prediction_event")
+
+
+def result_decoder(settings: SchemaRegistrySettings) -> Callable[[bytes | None], dict[str, Any]]:
+    """How the tools (``tail``, ``demo``) read results in OUTPUT_FORMAT: a framed record with the schema
+    its id names, fetched from the registry once per id (a blocking call: for tools, not the worker)."""
+    if settings.output_format == "json":
+
+        def read_json(value: bytes | None) -> dict[str, Any]:
+            document: dict[str, Any] = orjson.loads(value or b"{}")
+            return document
+
+        return read_json
+    client = registry_client(settings)
+    check_registry(client, settings)
+    schemas: dict[int, WriterSchema | None] = {}
+    decoder = FramedResultDecoder(schemas)
+
+    def decode(value: bytes | None) -> dict[str, Any]:
+        schema_id = schema_id_of(value)
+        if schema_id is not None and schema_id not in schemas:
+            schemas[schema_id] = WriterSchemas.get(client, schema_id)
+        return decoder.decode(value)
+
+    return decode
 
 
 def record_formats(
@@ -206,9 +249,9 @@ def record_formats(
     check_registry(client, settings)
     fmt = settings.output_format
     formats = RecordFormats(
-        result=output_encoder(client, fmt, topics.output_topic, "prediction_result"),
-        shadow=output_encoder(client, fmt, topics.shadow_topic, "prediction_result"),
-        stats=output_encoder(client, fmt, topics.stats_topic, "window_stats"),
+        result=topic_encoder(client, fmt, topics.output_topic, "prediction_result"),
+        shadow=topic_encoder(client, fmt, topics.shadow_topic, "prediction_result"),
+        stats=topic_encoder(client, fmt, topics.stats_topic, "window_stats"),
     )
     if settings.input_format == "json":
         return formats

@@ -123,6 +123,30 @@ def writer_schema(schema_type: str | None, schema_str: str) -> WriterSchema:
         return WriterSchema(kind, error=f"the Avro schema does not parse: {exc}")
 
 
+class FramedResultDecoder:
+    """Reads framed output records (results, WindowStats) back, for the tools: with the writer schemas
+    in ``schemas``, which the caller fills (``app.kafka.schema_registry.result_decoder``)."""
+
+    def __init__(self, schemas: Mapping[int, WriterSchema | None]) -> None:
+        self._schemas = schemas
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        """The record, or ValueError when it is not framed or its schema is unknown."""
+        schema_id = schema_id_of(value)
+        schema = None if schema_id is None else self._schemas.get(schema_id)
+        if value is None or schema is None:
+            raise ValueError(f"not a framed record with a known schema (schema id {schema_id})")
+        if schema.parsed is None:
+            document: dict[str, Any] = orjson.loads(value[HEADER.size :])
+            return document
+        import fastavro
+
+        record = fastavro.schemaless_reader(io.BytesIO(value[HEADER.size :]), schema.parsed, None)
+        if not isinstance(record, dict):
+            raise ValueError(f"schema id {schema_id} is not a record schema")
+        return {key: item for key, item in record.items() if item is not None}
+
+
 class FieldMapping:
     """Where each event field is in a decoded record: ``INPUT_FIELD_MAPPING``, identity by default.
 

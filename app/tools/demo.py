@@ -19,8 +19,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import orjson
-
+from app.kafka.schema_registry import event_encoder, result_decoder
 from app.kafka.security import client_config
 from app.kafka.topics import ensure_worker_topics
 from app.models.registry import ModelRegistry
@@ -73,13 +72,22 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
         settings.models.default_model, settings.models.model_version
     )
     factory = EventFactory(metadata)
+    encode = event_encoder(settings.schema_registry, settings.topics.input_topic)
+    decode = result_decoder(settings.schema_registry)
     watched = (settings.topics.output_topic, settings.topics.dead_letter_topic)
     config = client_config(settings.kafka)
     records = follow(settings.kafka.bootstrap_servers, watched, from_beginning=False, idle_timeout_s=60, **config)
     first = asyncio.ensure_future(anext(records))  # subscribe before producing, so nothing is missed
     await asyncio.sleep(2.0)
     report = await produce_events(
-        settings.kafka.bootstrap_servers, settings.topics.input_topic, factory, count, rate, malformed, **config
+        settings.kafka.bootstrap_servers,
+        settings.topics.input_topic,
+        factory,
+        count,
+        rate,
+        malformed,
+        encode=encode,
+        **config,
     )
     print(f"demo: produced {report.sent} events ({report.malformed.total()} malformed) in {report.seconds:.1f}s")
     expected_results = set(report.valid_event_ids)
@@ -94,13 +102,13 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
         if record.topic == settings.topics.dead_letter_topic:
             dead += 1 if (record.key or b"").startswith(b"bad-") else 0
         else:
-            result = orjson.loads(record.value or b"{}")
+            result = decode(record.value)
             if result["event_id"] in expected_results:
                 seen_results.add(result["event_id"])
                 batch_sizes[result["batch_size"]] += 1
                 latencies.append(result["latency_ms"])
         if shown < SHOWN_LINES:
-            print("  " + describe(record, settings.topics.dead_letter_topic))
+            print("  " + describe(record, settings.topics.dead_letter_topic, decode))
             shown += 1
         if seen_results == expected_results and dead >= expected_dead:
             break

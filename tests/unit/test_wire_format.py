@@ -22,6 +22,7 @@ from app.records.results import build_result
 from app.records.wire_format import (
     FieldMapping,
     FramedEventDecoder,
+    FramedResultDecoder,
     avro_encoder,
     frame,
     json_schema_encoder,
@@ -268,3 +269,35 @@ def error_class_json(decoding: FramedEventDecoder, value: bytes) -> str:
     with pytest.raises(InvalidRecord) as caught:
         decoding.decode(value, SOURCE)
     return caught.value.error_class
+
+
+def test_events_written_with_the_generated_event_schema_decode() -> None:
+    """What ``produce`` writes with INPUT_FORMAT=avro (schemas/prediction_event.schema.json as Avro)."""
+    schema = avro_schema_of("prediction_event")
+    decoding = decoder({11: schema})
+    encode = avro_encoder(11, schema)
+    features = {"event_id": "e-1", "user_id": "u", "features": [1.0, 2.5], "timestamp": "2026-11-21T10:00:00Z"}
+    text = {"user_id": "u", "text": "hello", "timestamp": 1795255200000, "model": "minilm"}
+    first, second = decoding.decode(encode(features), SOURCE), decoding.decode(encode(text), SOURCE)
+    assert (first.event_id, first.features, first.text, first.timestamp) == (
+        "e-1",
+        [1.0, 2.5],
+        None,
+        features["timestamp"],
+    )
+    assert (second.event_id, second.text, second.model, second.event_time_ms) == (
+        "events-1-5",
+        "hello",
+        "minilm",
+        1795255200000,
+    )
+
+
+def test_results_read_back_by_the_tools() -> None:
+    schema = avro_schema_of("prediction_result")
+    result = results()[0]
+    reader = FramedResultDecoder({42: writer_schema("AVRO", json.dumps(schema)), 43: writer_schema("JSON", "{}")})
+    assert reader.decode(avro_encoder(42, schema)(result)) == result
+    assert reader.decode(json_schema_encoder(43)(result)) == result
+    with pytest.raises(ValueError, match="schema id 44"):
+        reader.decode(frame(44, b""))
