@@ -31,8 +31,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def _unavailable(why: str) -> None:
-    message = f"no Kafka broker reachable: {why}"
+def _unavailable(why: str, server: str = "Kafka broker") -> None:
+    message = f"no {server} reachable: {why}"
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -56,13 +56,6 @@ def bootstrap_servers() -> str:
     return servers
 
 
-def _registry_unavailable(why: str) -> None:
-    message = f"no Schema Registry reachable: {why}"
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def schema_registry_url() -> str:
     """The Schema Registry's Confluent-API URL: SCHEMA_REGISTRY_URL, else the local one that
@@ -72,12 +65,14 @@ def schema_registry_url() -> str:
     try:
         done = subprocess.run([script, "up"], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        _registry_unavailable("registry/registry.sh up did not finish in 600 s")
+        _unavailable("registry/registry.sh up did not finish in 600 s", "Schema Registry")
     if done.returncode != 0:
-        _registry_unavailable(done.stderr.strip() or done.stdout.strip())
+        _unavailable(done.stderr.strip() or done.stdout.strip(), "Schema Registry")
     status = subprocess.run([script, "status"], capture_output=True, text=True, timeout=60)
     if status.returncode != 0:
-        _registry_unavailable("registry/registry.sh status: " + (status.stdout.strip() or status.stderr.strip()))
+        _unavailable(
+            "registry/registry.sh status: " + (status.stdout.strip() or status.stderr.strip()), "Schema Registry"
+        )
     return subprocess.run([script, "url"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
 
 
