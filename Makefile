@@ -7,7 +7,7 @@ VENV = $(shell scripts/venv.sh)
 PYTHON = $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv kafka-up kafka-down kafka-status run test test-unit lint bench bench-quick model settings-table clean
+.PHONY: help venv kafka-up kafka-down kafka-status registry-up registry-down registry-status run test test-unit lint bench bench-quick bench-formats model settings-table clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -23,6 +23,15 @@ kafka-down: ## stop the local Kafka broker (no-op when down); BROKERS=3 the loca
 
 kafka-status: ## say whether the broker answers; BROKERS=3 whether the cluster is up and fully in sync
 	@kafka/kafka.sh status $(if $(BROKERS),--brokers $(BROKERS))
+
+registry-up: ## start the local Schema Registry (Apicurio, Confluent API; no-op when up)
+	@registry/registry.sh up
+
+registry-down: ## stop the local Schema Registry (no-op when down)
+	@registry/registry.sh down
+
+registry-status: ## say whether the Schema Registry answers
+	@registry/registry.sh status
 
 run: kafka-up ## the demo: a worker with the default model, sample events in, predictions out
 	@$(PYTHON) -m app demo
@@ -44,6 +53,9 @@ bench: kafka-up ## benchmark this worker against its peers (several minutes); wr
 
 bench-quick: kafka-up ## only the per-system throughput and latency
 	@$(PYTHON) -m benchmarks.bench --quick --events 30000
+
+bench-formats: kafka-up registry-up ## this worker's throughput with Avro in and out against JSON (a few minutes)
+	@SCHEMA_REGISTRY_URL=$$(registry/registry.sh url) $(PYTHON) -m benchmarks.bench --formats --events 20000
 
 settings-table: ## rewrite the README's settings table from app/settings.py
 	@$(PYTHON) -c 'import pathlib, re; from app.settings import markdown_table; p = pathlib.Path("README.md"); \
