@@ -4,13 +4,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 # The one cached environment (scripts/venv.sh), with the extras each target needs added on first use:
-# run needs none, lint and the tests dev + text + onnx + tracing, the benchmark text + onnx + bench.
+# run needs none; lint and the tests dev, text, onnx, tracing, registry; the benchmarks text, onnx, bench, registry.
 venv = $(shell scripts/venv.sh $(1))
-TEST_EXTRAS = dev text onnx tracing
+TEST_EXTRAS = dev text onnx tracing registry
 PYTHON = $(call venv,$(TEST_EXTRAS))/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv kafka-up kafka-down kafka-status run test test-unit lint bench bench-quick model settings-table clean
+.PHONY: help venv kafka-up kafka-down kafka-status registry-up registry-down registry-status run test test-unit lint bench bench-quick bench-formats model settings-table clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,6 +26,15 @@ kafka-down: ## stop the local Kafka broker (no-op when down); BROKERS=3 the loca
 
 kafka-status: ## say whether the broker answers; BROKERS=3 whether the cluster is up and fully in sync
 	@kafka/kafka.sh status $(if $(BROKERS),--brokers $(BROKERS))
+
+registry-up: ## start the local Schema Registry (Apicurio, Confluent API; no-op when up)
+	@registry/registry.sh up
+
+registry-down: ## stop the local Schema Registry (no-op when down)
+	@registry/registry.sh down
+
+registry-status: ## say whether the Schema Registry answers
+	@registry/registry.sh status
 
 run: kafka-up ## the demo: a worker with the default model, sample events in, predictions out
 	@$(call venv,)/bin/python -m app demo
@@ -45,13 +54,16 @@ lint: ## ruff, mypy, and the import contracts (import-linter: layers, private up
 	@$(PYTHON) -m mypy
 	@$(dir $(PYTHON))lint-imports
 
-BENCH_PYTHON = $(call venv,text onnx bench)/bin/python
+BENCH_PYTHON = $(call venv,text onnx bench registry)/bin/python
 
 bench: kafka-up ## benchmark this worker against its peers (several minutes); writes benchmarks/
 	@$(BENCH_PYTHON) -m benchmarks.bench
 
 bench-quick: kafka-up ## only the per-system throughput and latency
 	@$(BENCH_PYTHON) -m benchmarks.bench --quick --events 30000
+
+bench-formats: kafka-up registry-up ## this worker's throughput with Avro in and out against JSON (a few minutes)
+	@SCHEMA_REGISTRY_URL=$$(registry/registry.sh url) $(BENCH_PYTHON) -m benchmarks.bench --formats --events 20000
 
 settings-table: ## rewrite the README's settings table from app/settings.py
 	@$(call venv,)/bin/python -c 'import pathlib, re; from app.settings import markdown_table; p = pathlib.Path("README.md"); \

@@ -109,10 +109,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(settings: Settings) -> int:
     from faust.worker import Worker
 
+    from app.kafka.schema_registry import record_formats
     from app.kafka.topics import check_internal_topics, ensure_worker_topics
     from app.metrics import Metrics
     from app.worker import create_app, internal_topics, load_catalog
 
+    # The registry first (when a format needs it): unreachable, refusing, or holding an incompatible
+    # output schema stops the start with one line, before the models take their time to load.
+    formats = record_formats(
+        settings.schema_registry,
+        settings.topics,
+        settings.batching.max_record_bytes,
+        settings.kafka.publish_retry_backoff_s,
+    )
     metrics = Metrics()
     catalog = load_catalog(settings, metrics)  # a model that cannot load stops the start before Kafka is asked
     # Topics next: faust subscribes only to topics that exist when it starts, and its internal topics
@@ -121,7 +130,7 @@ def _worker(settings: Settings) -> int:
     asyncio.set_event_loop(loop)
     config = client_config(settings.kafka)
     layout = loop.run_until_complete(ensure_worker_topics(settings))
-    app = create_app(settings, layout, catalog, metrics)
+    app = create_app(settings, layout, catalog, metrics, formats)
     loop.run_until_complete(
         check_internal_topics(settings.kafka.bootstrap_servers, internal_topics(app), settings.worker.app_id, **config)
     )
@@ -140,11 +149,13 @@ def _worker(settings: Settings) -> int:
 
 
 async def _produce(args: argparse.Namespace, settings: Settings) -> int:
+    from app.kafka.schema_registry import event_encoder
     from app.kafka.topics import ensure_worker_topics
     from app.models.registry import ModelRegistry
     from app.tools.produce import EventFactory, produce_events
 
     config = client_config(settings.kafka)
+    encode = event_encoder(settings.schema_registry, settings.topics.input_topic)
     await ensure_worker_topics(settings)
     metadata = ModelRegistry(settings.models.model_dir).metadata(
         args.model or settings.models.default_model, settings.models.model_version
@@ -158,6 +169,7 @@ async def _produce(args: argparse.Namespace, settings: Settings) -> int:
         args.rate,
         args.malformed,
         args.model,
+        encode=encode,
         **config,
     )
     print(
@@ -168,13 +180,15 @@ async def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    from app.kafka.schema_registry import result_decoder
     from app.tools.tail import describe as describe_record
     from app.tools.tail import follow
 
+    decode = result_decoder(settings.schema_registry)
     topics = (settings.topics.output_topic, settings.topics.dead_letter_topic)
     config = client_config(settings.kafka)
     async for record in follow(
         settings.kafka.bootstrap_servers, topics, args.from_beginning, args.idle_timeout, **config
     ):
-        print(describe_record(record, settings.topics.dead_letter_topic), flush=True)
+        print(describe_record(record, settings.topics.dead_letter_topic, decode), flush=True)
     return 0

@@ -24,6 +24,8 @@ ERROR_CLASSES = (
     "wrong_input_kind",
     "unknown_model",
     "model_error",
+    "unknown_schema",
+    "schema_mismatch",
 )
 """Every ``error_class`` a dead letter can carry (``dlq.error.class``)."""
 

@@ -1,16 +1,18 @@
 """The worker's one settings object, read once from the environment at start-up.
 
 Each setting is declared once, as a typed field of its section (``KafkaSettings``,
-``TopicSettings``, ``ModelSettings``, ``BatchingSettings``, ``StatsSettings``, ``WebSettings``,
-``TracingSettings``, ``WorkerSettings``) with its environment variable, default, help and check. ``Settings.from_env``
-parses and validates them; ``describe()`` (``--help``) and ``markdown_table()`` (the README's
-table) are generated from the same declarations. Components receive only their section.
-A bad value raises ``ConfigError`` with one line that names the variable and the fix.
+``TopicSettings``, ``SchemaRegistrySettings``, ``ModelSettings``, ``BatchingSettings``,
+``StatsSettings``, ``WebSettings``, ``TracingSettings``, ``WorkerSettings``) with its environment
+variable, default, help and check. ``Settings.from_env`` parses and validates them; ``describe()``
+(``--help``) and ``markdown_table()`` (the README's table) are generated from the same
+declarations. Components receive only their section. A bad value raises ``ConfigError`` with one
+line that names the variable and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -216,6 +218,101 @@ class TopicSettings:
     )
 
 
+RECORD_FORMATS = ("json", "avro", "jsonschema")
+EVENT_FIELDS = ("user_id", "features", "text", "timestamp", "event_id", "model")
+"""The event contract's fields, which INPUT_FIELD_MAPPING may map to a schema's own."""
+
+
+def _field_mapping(raw: str) -> dict[str, str]:
+    """INPUT_FIELD_MAPPING as a dict; raises ValueError saying what is wrong."""
+    if not raw.strip():
+        return {}
+    try:
+        mapping = json.loads(raw)
+    except ValueError:
+        raise ValueError('not JSON: write an object such as {"user_id": "customer.id"}') from None
+    if not isinstance(mapping, dict):
+        raise ValueError('must be a JSON object such as {"user_id": "customer.id"}')
+    for field, path in mapping.items():
+        if field not in EVENT_FIELDS:
+            raise ValueError(f"{field!r} is not an event field: map {', '.join(EVENT_FIELDS)}")
+        if not isinstance(path, str) or not path.strip("."):
+            raise ValueError(f"{field!r} must map to a field name (dotted for a nested field), got {path!r}")
+    return mapping
+
+
+def _valid_field_mapping(raw: str) -> bool:
+    try:
+        _field_mapping(raw)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class SchemaRegistrySettings:
+    """Record formats on the topics, and the Schema Registry (Confluent's API) that holds their schemas."""
+
+    input_format: str = setting(
+        "INPUT_FORMAT",
+        "json",
+        "input records: json (plain UTF-8 JSON), or avro / jsonschema in the Confluent wire format "
+        "(magic byte 0, 4-byte schema id; writer schemas fetched from the registry by id)",
+        one_of(*RECORD_FORMATS),
+    )
+    output_format: str = setting(
+        "OUTPUT_FORMAT",
+        "json",
+        "results, shadow results and WindowStats: json, or avro / jsonschema in the Confluent wire format, "
+        "their schemas (from schemas/) registered under <topic>-value",
+        one_of(*RECORD_FORMATS),
+    )
+    input_field_mapping: str = setting(
+        "INPUT_FIELD_MAPPING",
+        "",
+        "avro/jsonschema input: event field -> the field of your schema that holds it, as JSON, e.g. "
+        '{"user_id": "customer.id", "features": "vector"} (dotted: nested); unmapped fields keep their names',
+        (_valid_field_mapping, "must be a JSON object from event fields to field names"),
+    )
+    url: str = setting(
+        "SCHEMA_REGISTRY_URL",
+        "",
+        "Schema Registry URL (Confluent's REST API; for Apicurio .../apis/ccompat/v7); needed by avro and jsonschema",
+        (lambda v: not v or v.startswith(("http://", "https://")), "must be an http:// or https:// URL"),
+    )
+    basic_auth_user_info: Secret = setting(
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "", "HTTP basic auth as <user>:<password>; never logged"
+    )
+    ssl_ca_location: Path | None = setting(
+        "SCHEMA_REGISTRY_SSL_CA_LOCATION",
+        "",
+        "PEM file of the CAs that signed the registry's certificate (https); empty: the system's CAs",
+        _NO_SUCH_FILE,
+    )
+    ssl_certificate_location: Path | None = setting(
+        "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION",
+        "",
+        "PEM client certificate, for a registry that requires TLS client authentication",
+        _NO_SUCH_FILE,
+    )
+    ssl_key_location: Path | None = setting(
+        "SCHEMA_REGISTRY_SSL_KEY_LOCATION",
+        "",
+        "PEM private key of SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION",
+        _NO_SUCH_FILE,
+    )
+
+    @property
+    def needed(self) -> bool:
+        """Whether any topic's records go through the registry."""
+        return self.input_format != "json" or self.output_format != "json"
+
+    @property
+    def field_mapping(self) -> dict[str, str]:
+        """INPUT_FIELD_MAPPING, parsed: event field -> (dotted) field of the input records."""
+        return _field_mapping(self.input_field_mapping)
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """Which models serve, from where, routed how, and how they run."""
@@ -389,6 +486,7 @@ class WorkerSettings:
 class Settings:
     kafka: KafkaSettings
     topics: TopicSettings
+    schema_registry: SchemaRegistrySettings
     models: ModelSettings
     batching: BatchingSettings
     stats: StatsSettings
@@ -401,6 +499,7 @@ class Settings:
         env = os.environ if environ is None else environ
         sections = {section.name: _read_section(_section_type(section), env) for section in dataclasses.fields(cls)}
         _check_security(sections["kafka"])
+        _check_schema_registry(sections["schema_registry"])
         return cls(**sections)
 
 
@@ -502,6 +601,25 @@ def _check_security(kafka: KafkaSettings) -> None:
             )
     if kafka.ssl_keyfile is not None and kafka.ssl_certfile is None:
         raise ConfigError("KAFKA_SSL_KEYFILE set without KAFKA_SSL_CERTFILE: set the certificate too")
+
+
+def _check_schema_registry(registry: SchemaRegistrySettings) -> None:
+    if registry.needed and not registry.url:
+        formats = [
+            f"{env}={value}"
+            for env, value in (("INPUT_FORMAT", registry.input_format), ("OUTPUT_FORMAT", registry.output_format))
+            if value != "json"
+        ]
+        raise ConfigError(
+            f"{' and '.join(formats)} needs SCHEMA_REGISTRY_URL: set it (registry/registry.sh url prints the local one)"
+        )
+    if registry.ssl_key_location is not None and registry.ssl_certificate_location is None:
+        raise ConfigError(
+            "SCHEMA_REGISTRY_SSL_KEY_LOCATION set without SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION: "
+            "set the certificate too"
+        )
+    if registry.basic_auth_user_info and ":" not in registry.basic_auth_user_info.get_secret_value():
+        raise ConfigError("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO must be <user>:<password>")
 
 
 SASL_CREDENTIALS = (("KAFKA_SASL_USERNAME", "sasl_username"), ("KAFKA_SASL_PASSWORD", "sasl_password"))

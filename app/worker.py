@@ -31,6 +31,7 @@ from app.models.registry import ModelRegistry
 from app.pipeline.inference import InboundRecord, InferencePipeline
 from app.pipeline.tracing import start_tracing
 from app.records.events import SourceRef
+from app.records.wire_format import RecordFormats
 from app.settings import Settings
 from app.stats.agents import StatsAgents
 
@@ -89,13 +90,19 @@ class WorkerState:
 
 
 def create_app(
-    settings: Settings, layout: TopicLayout, catalog: ModelCatalog | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    layout: TopicLayout,
+    catalog: ModelCatalog | None = None,
+    metrics: Metrics | None = None,
+    formats: RecordFormats | None = None,
 ) -> faust.App:
     """``layout``: the topics as the worker found or made them (``ensure_worker_topics``); faust's
     tables and the statistics feed are partitioned as the input topic (a changelog partition per
-    input partition) and replicated as the worker's other topics."""
+    input partition) and replicated as the worker's other topics. ``formats``: the topics' record
+    formats, their schemas registered (``app.kafka.schema_registry.record_formats``); JSON by default."""
     input_partitions = layout.partitions[settings.topics.input_topic]
     metrics = metrics or Metrics()
+    formats = formats or RecordFormats()
     tracer = start_tracing(settings.tracing)  # before the models load: a missing tracing extra is one line
     catalog = load_catalog(settings, metrics) if catalog is None else catalog
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
@@ -150,7 +157,9 @@ def create_app(
     if settings.stats.stats_enabled:
         registry = ModelRegistry(settings.models.model_dir)
         backoff_s = settings.kafka.publish_retry_backoff_s
-        stats = StatsAgents(app, settings.stats, settings.topics, registry, send, metrics, input_partitions, backoff_s)
+        stats = StatsAgents(
+            app, settings.stats, settings.topics, registry, send, metrics, input_partitions, backoff_s, formats.stats
+        )
     input_batches = app.route_batches(input_topic, maxsize=INPUT_BATCHES_BUFFERED)
 
     @app.agent(input_batches, name="predict")
@@ -171,6 +180,7 @@ def create_app(
             observe=observe,
             tracing=settings.tracing,
             tracer=tracer,
+            formats=formats,
         )
         pipeline.start()
         state.unacknowledged_s = pipeline.unacknowledged_s

@@ -13,6 +13,12 @@ Phases: (1) throughput over a backlog, per system, with counts in = counts out c
 worker's throughput against MAX_BATCH_SIZE; (4) its latency against offered load;
 (5) one against two replicas; (6) phases 1 and 2 again with the text-embedding model (minilm,
 text events; needs the text extra). Writes results.json, RESULTS.md and two PNG plots.
+
+    python -m benchmarks.bench --formats [--events 20000] [--rounds 2] [--registry-url URL]
+
+instead measures this worker's throughput with Avro in and out (Confluent wire format, through the
+Schema Registry; the registry extra) against JSON in and out, over the same events, alternating
+the two ``--rounds`` times; it prints the ratio and writes formats.json.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import platform
@@ -30,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +93,8 @@ class Bench:
         metadata = ModelRegistry(REPO_ROOT / "models").metadata("breast-cancer")
         self.factory = EventFactory(metadata, seed=11, run_id=self.run_id)
         self._topics = 0
+        self.decode_result: Callable[[bytes], dict[str, Any]] = orjson.loads
+        """How results are read back: JSON, unless the worker writes another OUTPUT_FORMAT."""
 
     def topic(self, purpose: str) -> str:
         self._topics += 1
@@ -102,7 +111,16 @@ class Bench:
         finally:
             await admin.close()
 
-    async def produce(self, topic: str, count: int, rate: float = 0.0, prefix: str = "", model: str = TABULAR) -> None:
+    async def produce(
+        self,
+        topic: str,
+        count: int,
+        rate: float = 0.0,
+        prefix: str = "",
+        model: str = TABULAR,
+        encode: Callable[[dict[str, Any]], bytes] = orjson.dumps,
+    ) -> None:
+        """``encode``: the value's format (JSON by default)."""
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all")
         await producer.start()
         try:
@@ -116,7 +134,7 @@ class Bench:
                 event = self.factory.event(index) if model == TABULAR else text_event(index, self.run_id, model)
                 event["event_id"] = f"{prefix}{event['event_id']}"
                 event["timestamp"] = int(time.time() * 1000)
-                pending.append(await producer.send(topic, orjson.dumps(event), key=event["user_id"].encode()))
+                pending.append(await producer.send(topic, encode(event), key=event["user_id"].encode()))
                 if len(pending) >= 2000:
                     await asyncio.gather(*pending)
                     pending.clear()
@@ -145,7 +163,7 @@ class Bench:
             await admin.close()
 
     async def collect(self, topic: str, prefix: str = "") -> list[tuple[str, int, int]]:
-        """(event_id, event timestamp ms, broker ack time ms) of every result in `topic`."""
+        """(event_id, event timestamp ms, broker ack time ms) of every result in `topic` (``decode_result``)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,
@@ -162,7 +180,7 @@ class Bench:
             while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 for batch in (await consumer.getmany(timeout_ms=500, max_records=10000)).values():
                     for record in batch:
-                        result = orjson.loads(record.value)
+                        result = self.decode_result(record.value)
                         if result["event_id"].startswith(prefix):
                             rows.append((result["event_id"], int(result["timestamp"]), record.timestamp))
         finally:
@@ -419,6 +437,82 @@ async def text_workload(bench: Bench, systems: list[str], args: argparse.Namespa
     }
 
 
+BENCH_EVENT_SCHEMA = {
+    "type": "record",
+    "name": "BenchEvent",
+    "namespace": "bench",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "user_id", "type": "string"},
+        {"name": "features", "type": {"type": "array", "items": "double"}},
+        {"name": "timestamp", "type": "long"},
+    ],
+}
+
+
+async def formats_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """This worker with Avro in and out against JSON in and out: the same events, runs alternating."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from app.records.avro_schemas import avro_schema_of
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-formats-"))
+    bench = Bench(args.bootstrap, workdir)
+    registry = SchemaRegistryClient({"url": args.registry_url})
+    json_backlog, avro_backlog = bench.topic("json-backlog"), bench.topic("avro-backlog")
+    await bench.create(json_backlog, avro_backlog)
+    serialize = AvroSerializer(registry, json.dumps(BENCH_EVENT_SCHEMA))  # registers <topic>-value, as a producer would
+    context = SerializationContext(avro_backlog, MessageField.VALUE)
+
+    def avro_event(event: dict[str, Any]) -> bytes:
+        value: bytes = serialize(event, context)
+        return value
+
+    # The same events (same seed) in both topics; timestamps are epoch ms in both.
+    await bench.produce(json_backlog, args.events)
+    bench.factory = EventFactory(ModelRegistry(REPO_ROOT / "models").metadata(TABULAR), seed=11, run_id=bench.run_id)
+    await bench.produce(avro_backlog, args.events, encode=avro_event)
+
+    import fastavro
+
+    parsed = fastavro.parse_schema(avro_schema_of("prediction_result"))
+
+    def read_avro(value: bytes) -> dict[str, Any]:
+        buffer = io.BytesIO(value)
+        buffer.seek(5)  # magic byte and schema id: the worker's registered PredictionResult schema
+        record = fastavro.schemaless_reader(buffer, parsed, None)
+        assert isinstance(record, dict)
+        return record
+
+    avro = {"INPUT_FORMAT": "avro", "OUTPUT_FORMAT": "avro", "SCHEMA_REGISTRY_URL": args.registry_url}
+    rates: dict[str, list[float]] = {"json": [], "avro": []}
+    print(f"== this worker: Avro in and out against JSON, {args.events} events, {args.rounds} rounds", flush=True)
+    for _ in range(args.rounds):
+        rates["json"].append((await bench.throughput("inference-worker", json_backlog, args.events)).events_per_s)
+        bench.decode_result = read_avro
+        rates["avro"].append(
+            (await bench.throughput("inference-worker", avro_backlog, args.events, **avro)).events_per_s
+        )
+        bench.decode_result = orjson.loads
+    json_rate, avro_rate = statistics.mean(rates["json"]), statistics.mean(rates["avro"])
+    ratio = avro_rate / json_rate if json_rate else 0.0
+    print(
+        f"== Avro/JSON throughput ratio: {ratio:.2f} ({avro_rate:,.0f} vs {json_rate:,.0f} events/s, means)", flush=True
+    )
+    return {
+        "machine": machine(),
+        "events": args.events,
+        "partitions": PARTITIONS,
+        "model": model_description(),
+        "registry": args.registry_url,
+        "events_per_s": rates,
+        "avro_to_json_ratio": ratio,
+        "logs": str(workdir),
+    }
+
+
 def write_outputs(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -555,5 +649,18 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="only the per-system throughput and latency")
     parser.add_argument("--text-events", type=int, default=2000, help="texts for the embedding workload (0: skip it)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks")
+    parser.add_argument("--formats", action="store_true", help="only Avro in and out against JSON (formats.json)")
+    parser.add_argument("--rounds", type=int, default=2, help="--formats: runs of each format, alternating")
+    parser.add_argument(
+        "--registry-url",
+        default=os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7"),
+        help="--formats: the Schema Registry (Confluent API); make bench-formats starts the local one",
+    )
     arguments = parser.parse_args()
-    write_outputs(asyncio.run(main(arguments)), arguments.out)
+    if arguments.formats:
+        formats = asyncio.run(formats_workload(arguments))
+        arguments.out.mkdir(parents=True, exist_ok=True)
+        (arguments.out / "formats.json").write_text(json.dumps(formats, indent=2) + "\n")
+        print(f"wrote {arguments.out / 'formats.json'}", flush=True)
+    else:
+        write_outputs(asyncio.run(main(arguments)), arguments.out)

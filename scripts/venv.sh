@@ -2,8 +2,8 @@
 # Prints the path of the project's virtual environment, creating it first when needed, with the
 # extras named as arguments installed:
 #   scripts/venv.sh                    the worker's dependencies only (make run)
-#   scripts/venv.sh dev text onnx tracing   plus the tests' (make test, make lint)
-#   scripts/venv.sh text onnx bench    plus the benchmark's (make bench)
+#   scripts/venv.sh dev text onnx tracing registry   plus the tests' (make test, make lint)
+#   scripts/venv.sh text onnx bench registry         plus the benchmark's (make bench)
 #
 # The environment lives outside the clone (torch from PyPI is a multi-GB CUDA build), keyed by
 # pyproject.toml's base dependencies, requirements/constraints.txt, the Python version and

@@ -20,6 +20,7 @@ from app.pipeline.batcher import Batched
 from app.pipeline.cache import ResultCache
 from app.records.dead_letters import Headers
 from app.records.events import PredictionEvent, SourceRef, parse_event
+from app.records.wire_format import Decode
 
 
 class InboundRecord(NamedTuple):
@@ -61,16 +62,25 @@ class Refused:
 
 class Admission:
     def __init__(
-        self, catalog: ModelCatalog, max_record_bytes: int, cache: ResultCache[ModelOutput] | None = None
+        self,
+        catalog: ModelCatalog,
+        max_record_bytes: int,
+        cache: ResultCache[ModelOutput] | None = None,
+        decode: Decode | None = None,
     ) -> None:
+        """``decode``: how a value becomes an event (INPUT_FORMAT); None: plain JSON, ``parse_event``."""
         self._catalog = catalog
         self._max_record_bytes = max_record_bytes
         self._cache = cache
+        self._decode = decode
 
     def admit(self, record: InboundRecord) -> Admitted | Refused:
         runner = None
         try:
-            event = parse_event(record.value, record.source, self._max_record_bytes)
+            if self._decode is None:
+                event = parse_event(record.value, record.source, self._max_record_bytes)
+            else:
+                event = self._decode(record.value, record.source)
             runner, shadows = self._catalog.select(event.model, event.user_id)
             event = check_input(event, runner)
         except InvalidRecord as exc:

@@ -38,6 +38,7 @@ from app.pipeline.outputs import Ack, Confirmation, Outputs, ShadowResult
 from app.pipeline.stage_metrics import PipelineCounts, StageMetrics
 from app.pipeline.tracing import BatchTracer
 from app.records.observations import Observation
+from app.records.wire_format import RecordFormats
 from app.settings import BatchingSettings, TopicSettings, TracingSettings, defaults
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,13 @@ class InferencePipeline:
         observe: Observe | None = None,
         tracing: TracingSettings | None = None,
         tracer: BatchTracer | None = None,
+        formats: RecordFormats | None = None,
     ) -> None:
         """``retry_backoff_s``: the first pause before re-sending an output the broker did not acknowledge.
-        ``tracing``: which input headers the outputs carry; ``tracer``: spans per batch (None: none)."""
+        ``tracing``: which input headers the outputs carry; ``tracer``: spans per batch (None: none).
+        ``formats``: how inputs are decoded and outputs encoded (INPUT_FORMAT, OUTPUT_FORMAT; JSON by default)."""
+        formats = formats or RecordFormats()
+        self._prepare = formats.prepare
         self._batching = batching
         self._catalog = catalog
         self._publisher = publisher
@@ -123,9 +128,9 @@ class InferencePipeline:
         self._cache: ResultCache[ModelOutput] | None = None
         if batching.result_cache_size:
             self._cache = ResultCache(batching.result_cache_size, batching.result_cache_ttl_s)
-        self._admission = Admission(catalog, batching.max_record_bytes, self._cache)
+        self._admission = Admission(catalog, batching.max_record_bytes, self._cache, formats.decode)
         tracing = tracing or defaults(TracingSettings)
-        self._outputs = Outputs(topics, catalog, tracing.propagated_headers)
+        self._outputs = Outputs(topics, catalog, formats.result, formats.shadow, tracing.propagated_headers)
         self._tracer = tracer
         self._batchers: dict[Runner, MicroBatcher[ModelInput, ModelOutput]] = {}
         self._pending: dict[Runner, int] = {}
@@ -175,6 +180,8 @@ class InferencePipeline:
             await self._credits.acquire(len(chunk))
             self._in_flight += len(chunk)
             self._idle.clear()
+            if self._prepare is not None:  # the writer schemas of ids not seen before, off the event loop
+                await self._prepare([record.value for record, _ in chunk])
             admissions = [admit(record) for record, _ in chunk]
             self._stage_metrics.on_admitted(admissions)
             if self._cache is not None:

@@ -31,6 +31,7 @@ from app.records.dead_letters import dead_letter_headers
 from app.records.events import SourceRef, event_id_of
 from app.records.observations import Observation, source_name
 from app.records.results import build_result, encode_result
+from app.records.wire_format import Encode
 from app.settings import TopicSettings
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,20 @@ Confirmation = Predicted | DeadLettered | ShadowResult
 class Outputs:
     """Builds each output record and its confirmation, for the topics in the settings."""
 
-    def __init__(self, topics: TopicSettings, catalog: ModelCatalog, propagated_headers: Collection[str] = ()) -> None:
-        """``propagated_headers``: the input headers results carry (names compared case-insensitively)."""
+    def __init__(
+        self,
+        topics: TopicSettings,
+        catalog: ModelCatalog,
+        encode: Encode = encode_result,
+        encode_shadow: Encode = encode_result,
+        propagated_headers: Collection[str] = (),
+    ) -> None:
+        """``encode``, ``encode_shadow``: how results are written to the output and shadow topics (OUTPUT_FORMAT);
+        ``propagated_headers``: the input headers results carry (names compared case-insensitively)."""
         self._topics = topics
         self._catalog = catalog
+        self._encode = encode
+        self._encode_shadow = encode_shadow
         self._propagated = frozenset(name.lower() for name in propagated_headers)
 
     def predicted(self, admitted: Admitted, ack: Ack, output: Batched[ModelOutput]) -> tuple[Predicted, OutboundRecord]:
@@ -125,9 +136,13 @@ class Outputs:
             admitted.cached is not None,
         )
         headers = carried(record.headers, self._propagated)
-        value = encode_result(result)
         outbound = OutboundRecord(
-            self._topics.output_topic, record.key, value, headers, source=record.source, event_id=result["event_id"]
+            self._topics.output_topic,
+            record.key,
+            self._encode(result),
+            headers,
+            source=record.source,
+            event_id=result["event_id"],
         )
         predicted = Predicted(
             record.source, ack, admitted.runner, admitted.event.event_time_ms, output, result["latency_ms"] / 1000.0
@@ -159,8 +174,12 @@ class Outputs:
         result = build_result(admitted.event, output.value, runner.metadata, output.batch_size, record.source)
         result["shadow"] = True
         headers = carried(record.headers, self._propagated)
-        value = encode_result(result)
         outbound = OutboundRecord(
-            self._topics.shadow_topic, record.key, value, headers, source=record.source, event_id=result["event_id"]
+            self._topics.shadow_topic,
+            record.key,
+            self._encode_shadow(result),
+            headers,
+            source=record.source,
+            event_id=result["event_id"],
         )
         return ShadowResult(runner, record.source), outbound

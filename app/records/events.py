@@ -78,6 +78,11 @@ def parse_event(value: bytes | None, source: SourceRef, max_bytes: int) -> Predi
         raise _classify_undecodable(value, exc) from None
     if not isinstance(document, dict):
         raise InvalidRecord("schema_violation", f"value must be a JSON object, got {type(document).__name__}")
+    return event_from_document(document, source)
+
+
+def event_from_document(document: dict[str, Any], source: SourceRef) -> PredictionEvent:
+    """Validate a decoded event (JSON, or a registry record mapped to the event's fields)."""
     event_id = _event_id(document, source)
     user_id = _string(document, "user_id")
     # Inline, not a helper per event: this runs for every record (~18k/s on the tabular path).

@@ -46,6 +46,7 @@ from app.kafka.transport import BatchingConsumer, WorkerApp
 from app.metrics import Metrics
 from app.models.registry import ModelRegistry
 from app.records.observations import Observation, source_name
+from app.records.wire_format import Encode
 from app.settings import StatsSettings, TopicSettings
 from app.stats.windows import PartialKey, WindowAggregate, WindowKey, window_start_ms, window_stats
 
@@ -95,10 +96,13 @@ class StatsAgents:
         metrics: Metrics,
         partitions: int,
         backoff_s: float,
+        encode: Encode = orjson.dumps,
     ) -> None:
         """``partitions``: the input topic's partition count, which the tables and feed share;
         ``registry``: where the models' reference distributions are read; ``backoff_s``: the first
-        pause before re-sending a write the broker did not acknowledge."""
+        pause before re-sending a write the broker did not acknowledge; ``encode``: how WindowStats
+        records are written (OUTPUT_FORMAT)."""
+        self._encode = encode
         self.app = app
         self.metrics = metrics
         self.size_ms = int(settings.stats_window_s * 1000)
@@ -336,7 +340,7 @@ class StatsAgents:
     async def _publish(self, key: bytes, window: dict[str, Any]) -> None:
         total = self.merged(window)
         stats = window_stats(total, self.reference(total.model_name, total.model_version), time.time() * 1000.0)
-        outbound = OutboundRecord(self.stats_topic.get_topic_name(), key, orjson.dumps(stats), [])
+        outbound = OutboundRecord(self.stats_topic.get_topic_name(), key, self._encode(stats), [])
         await publish(self._send, outbound, self._backoff_s, f"window {key.decode()}")
         # Marked closed only once the broker has the record: a crash in between re-publishes it.
         window["closed"] = True

@@ -19,8 +19,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import orjson
-
+from app.kafka.schema_registry import event_encoder, result_decoder
 from app.kafka.security import client_config
 from app.kafka.topics import ensure_worker_topics
 from app.models.registry import ModelRegistry
@@ -75,6 +74,8 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
         settings.models.default_model, settings.models.model_version
     )
     factory = EventFactory(metadata)
+    encode = event_encoder(settings.schema_registry, settings.topics.input_topic)
+    decode = result_decoder(settings.schema_registry)
     watched = (settings.topics.output_topic, settings.topics.dead_letter_topic)
     config = client_config(settings.kafka)
     records = follow(settings.kafka.bootstrap_servers, watched, from_beginning=False, idle_timeout_s=60, **config)
@@ -88,6 +89,7 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
         rate,
         malformed,
         progress=False,
+        encode=encode,
         **config,
     )
     print(f"demo: produced {report.sent} events ({report.malformed.total()} malformed) in {report.seconds:.1f}s")
@@ -106,7 +108,7 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
             show = ours and shown_dead_letters < SHOWN_DEAD_LETTERS
             shown_dead_letters += show
         else:
-            result = orjson.loads(record.value or b"{}")
+            result = decode(record.value)
             ours = result["event_id"] in expected_results
             if ours:
                 seen_results.add(result["event_id"])
@@ -115,7 +117,7 @@ async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed
             show = ours and shown_predictions < SHOWN_PREDICTIONS
             shown_predictions += show
         if show:
-            print("  " + describe(record, settings.topics.dead_letter_topic))
+            print("  " + describe(record, settings.topics.dead_letter_topic, decode))
         if seen_results == expected_results and dead >= expected_dead:
             break
         try:

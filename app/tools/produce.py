@@ -78,9 +78,12 @@ async def produce_events(
     malformed_fraction: float = 0.0,
     model: str | None = None,
     progress: bool = True,
+    encode: Callable[[dict[str, Any]], bytes] = orjson.dumps,
     **config: Any,
 ) -> ProduceReport:
     """Send ``count`` events (``rate`` per second, 0 = as fast as possible) and wait for every ack.
+    ``encode``: the events' format (INPUT_FORMAT; ``app.kafka.schema_registry.event_encoder``); malformed
+    records are malformed JSON whatever the format.
 
     ``config``: more AIOKafkaProducer arguments (``app.kafka.security.client_config``)."""
     report = ProduceReport()
@@ -95,7 +98,7 @@ async def produce_events(
                 ahead = started + index / rate - time.perf_counter()
                 if ahead > 0.002:
                     await asyncio.sleep(ahead)
-            key, value = _record(factory, index, malformed_fraction, model, report)
+            key, value = _record(factory, index, malformed_fraction, model, report, encode)
             pending.append((await producer.send(topic, value, key=key), key, value))
             if len(pending) >= 1000:
                 await _settle(producer, topic, pending, bar)
@@ -109,7 +112,12 @@ async def produce_events(
 
 
 def _record(
-    factory: EventFactory, index: int, malformed_fraction: float, model: str | None, report: ProduceReport
+    factory: EventFactory,
+    index: int,
+    malformed_fraction: float,
+    model: str | None,
+    report: ProduceReport,
+    encode: Callable[[dict[str, Any]], bytes],
 ) -> tuple[bytes, bytes]:
     if factory.rng.random() < malformed_fraction:
         kind = MALFORMED_KINDS[report.malformed.total() % len(MALFORMED_KINDS)]
@@ -119,7 +127,7 @@ def _record(
     if model is not None:
         event["model"] = model
     report.valid_event_ids.append(event["event_id"])
-    return event["user_id"].encode(), orjson.dumps(event)
+    return event["user_id"].encode(), encode(event)
 
 
 async def _settle(

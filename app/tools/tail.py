@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -41,8 +41,17 @@ async def follow(
         await consumer.stop()
 
 
-def describe(record: ConsumerRecord[bytes, bytes], dead_letter_topic: str) -> str:
-    """One readable line per record."""
+def read_json(value: bytes | None) -> dict[str, Any]:
+    document: dict[str, Any] = orjson.loads(value or b"{}")
+    return document
+
+
+def describe(
+    record: ConsumerRecord[bytes, bytes],
+    dead_letter_topic: str,
+    decode: Callable[[bytes | None], dict[str, Any]] = read_json,
+) -> str:
+    """One readable line per record; ``decode``: how results are read (OUTPUT_FORMAT)."""
     if record.topic == dead_letter_topic:
         headers = {name: value.decode("utf-8", "replace") for name, value in record.headers}
         return (
@@ -50,7 +59,7 @@ def describe(record: ConsumerRecord[bytes, bytes], dead_letter_topic: str) -> st
             f"@{headers.get('dlq.source.offset')}  {headers.get('dlq.error.class')}: "
             f"{headers.get('dlq.error.reason')}"
         )
-    result: dict[str, Any] = orjson.loads(record.value or b"{}")
+    result = decode(record.value)
     label = f"{result['label']:<10}" if "label" in result else ""
     return (
         f"{result['event_id']:<24} {result['user_id']:<10} {label} {result['prediction']:.4f}  "

@@ -32,8 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def _unavailable(why: str) -> None:
-    message = f"no Kafka broker reachable: {why}"
+def _unavailable(why: str, server: str = "Kafka broker") -> None:
+    message = f"no {server} reachable: {why}"
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -55,6 +55,26 @@ def bootstrap_servers() -> str:
     if probe.returncode != 0:
         _unavailable(f"{first} does not answer a Metadata request")
     return servers
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> str:
+    """The Schema Registry's Confluent-API URL: SCHEMA_REGISTRY_URL, else the local one that
+    registry/registry.sh brings up (the same script as ``make registry-up``). Unreachable: fail in CI,
+    else skip."""
+    script = str(ROOT / "registry" / "registry.sh")
+    try:
+        done = subprocess.run([script, "up"], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        _unavailable("registry/registry.sh up did not finish in 600 s", "Schema Registry")
+    if done.returncode != 0:
+        _unavailable(done.stderr.strip() or done.stdout.strip(), "Schema Registry")
+    status = subprocess.run([script, "status"], capture_output=True, text=True, timeout=60)
+    if status.returncode != 0:
+        _unavailable(
+            "registry/registry.sh status: " + (status.stdout.strip() or status.stderr.strip()), "Schema Registry"
+        )
+    return subprocess.run([script, "url"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
 
 
 # kafka/kafka.sh's test-only SASL user (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), known to everyone.

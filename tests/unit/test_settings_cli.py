@@ -57,6 +57,16 @@ def test_production_kafka_settings() -> None:
         ({"TOPIC_REPLICATION_FACTOR": "0"}, "TOPIC_REPLICATION_FACTOR='0' is invalid: must be >= 1"),
         ({"KAFKA_COMPRESSION_TYPE": "brotli"}, "must be none, gzip, snappy, lz4 or zstd"),
         ({"KAFKA_AUTO_OFFSET_RESET": "beginning"}, "must be earliest or latest"),
+        ({"INPUT_FORMAT": "protobuf"}, "must be json, avro or jsonschema"),
+        ({"INPUT_FORMAT": "avro"}, "INPUT_FORMAT=avro needs SCHEMA_REGISTRY_URL"),
+        ({"OUTPUT_FORMAT": "jsonschema"}, "OUTPUT_FORMAT=jsonschema needs SCHEMA_REGISTRY_URL"),
+        ({"SCHEMA_REGISTRY_URL": "localhost:8081"}, "must be an http:// or https:// URL"),
+        ({"INPUT_FIELD_MAPPING": '{"customer": "id"}'}, "INPUT_FIELD_MAPPING"),
+        ({"INPUT_FIELD_MAPPING": "user_id=id"}, "must be a JSON object"),
+        (
+            {"SCHEMA_REGISTRY_URL": "http://r", "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "nocolon"},
+            "must be <user>:<password>",
+        ),
     ],
 )
 def test_bad_values_raise_one_clear_line(env: dict[str, str], fragment: str) -> None:
@@ -112,6 +122,17 @@ def test_an_unreachable_broker_is_one_clear_line() -> None:
         "inference-worker: cannot reach Kafka at 127.0.0.1:1: start it (make kafka-up) or set KAFKA_BOOTSTRAP_SERVERS"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_schema_registry_is_one_clear_line() -> None:
+    done = run_cli("worker", env={"INPUT_FORMAT": "avro", "SCHEMA_REGISTRY_URL": "http://127.0.0.1:1"})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(
+        "inference-worker: configuration error: cannot reach the Schema Registry at http://127.0.0.1:1"
+    )
+    assert lines[0].endswith("start it (make registry-up) or set SCHEMA_REGISTRY_URL")
 
 
 def test_help_lists_the_settings() -> None:
