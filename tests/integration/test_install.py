@@ -4,6 +4,9 @@ run from outside the checkout without PYTHONPATH, finds its default model and se
 Fast and honest about the dependencies: the fresh environment gets only this project's wheel
 (``pip install --no-deps``); its dependencies come from the test's own environment through a
 ``.pth`` file (the torch there is several GB; installing it again would prove only that PyPI works).
+That environment also holds the extras (dev, onnx, text, ...), so the ``.pth`` names a folder of
+links to the files of the base dependencies only (pyproject's ``dependencies``, followed through
+their requirements): what runs there is what ``pip install .`` without extras gives.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from email.parser import Parser
+from importlib import metadata
 from pathlib import Path
 
 import orjson
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.conftest import ROOT
 from tests.integration.conftest import Names, create_topics, running_worker, worker_env
@@ -77,7 +84,8 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=True,
         check=True,
     ).stdout.strip()
-    Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    base_site = base_only_site(tmp_path_factory.mktemp("base-site"))
+    Path(site, "dependencies.pth").write_text(f"{base_site}\n")
     done = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", str(wheel)],
         capture_output=True,
@@ -86,6 +94,55 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return venv / "bin"
+
+
+def base_distributions() -> set[str]:
+    """The distributions pyproject's base ``dependencies`` need, followed through their requirements."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(spec) for spec in project["dependencies"]]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        requirement = todo.pop()
+        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = metadata.distribution(requirement.name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        extras = requirement.extras or {""}
+        for spec in map(Requirement, requires):
+            if spec.marker is None or any(spec.marker.evaluate({"extra": extra}) for extra in extras):
+                todo.append(spec)
+    return {name for name, _ in seen}
+
+
+def base_only_site(folder: Path) -> Path:
+    """``folder`` with a link to every top-level file and folder of the base distributions (from their
+    RECORD): a site-packages holding the base dependencies and nothing else."""
+    base = base_distributions()
+    assert {"torch", "faust-streaming", "jsonschema"} <= base
+    site = Path(sysconfig.get_paths()["purelib"])
+    for distribution in metadata.distributions():
+        if canonicalize_name(distribution.metadata["Name"]) not in base:
+            continue
+        for top in {Path(str(file)).parts[0] for file in distribution.files or ()}:
+            if top not in ("..", "__pycache__") and (site / top).exists() and not (folder / top).exists():
+                (folder / top).symlink_to(site / top)
+    return folder
+
+
+def test_the_fresh_environment_imports_only_the_base_dependencies(installed: Path, tmp_path: Path) -> None:
+    def python(code: str) -> subprocess.CompletedProcess[str]:
+        command = [str(installed / "python"), "-c", code]
+        return subprocess.run(command, cwd=tmp_path, env=outside_env(), capture_output=True, text=True)
+
+    quiet = python("import app.cli, app.worker, app.tools.demo, torch; torch.zeros(2).numpy()")
+    assert (quiet.returncode, quiet.stderr) == (0, "")  # no warning either (torch warns without numpy)
+    for extra in ("sklearn", "onnxruntime", "sentence_transformers", "confluent_kafka", "opentelemetry"):
+        missing = python(f"import {extra}")
+        assert missing.returncode == 1 and f"No module named '{extra}'" in missing.stderr, missing.stderr
 
 
 def outside_env(**extra: str) -> dict[str, str]:
