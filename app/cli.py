@@ -129,12 +129,12 @@ def _worker(settings: Settings) -> int:
 
 async def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from app.kafka.topics import ensure_worker_topics
-    from app.models.registry import ModelRegistry
+    from app.models.registry import open_registry
     from app.tools.produce import EventFactory, produce_events
 
     config = client_config(settings.kafka)
     await ensure_worker_topics(settings)
-    metadata = ModelRegistry(settings.models.model_dir).metadata(
+    metadata = open_registry(settings.models).metadata(
         args.model or settings.models.default_model, settings.models.model_version
     )
     factory = EventFactory(metadata, seed=args.seed)

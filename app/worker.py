@@ -26,7 +26,7 @@ from app.kafka.topics import worker_topics
 from app.kafka.transport import BatchingConsumer, InputBatch, WorkerApp
 from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
-from app.models.registry import ModelRegistry
+from app.models.registry import ModelRegistry, local_model_dir
 from app.pipeline.inference import InboundRecord, InferencePipeline
 from app.records.events import SourceRef
 from app.settings import Settings
@@ -128,7 +128,7 @@ def create_app(
 
     stats = None
     if settings.stats.stats_enabled:
-        registry = ModelRegistry(settings.models.model_dir)
+        registry = ModelRegistry(local_model_dir(settings.models))  # the served versions' metadata
         backoff_s = settings.kafka.publish_retry_backoff_s
         stats = StatsAgents(app, settings.stats, settings.topics, registry, send, metrics, input_partitions, backoff_s)
     input_batches = app.route_batches(input_topic, maxsize=INPUT_BATCHES_BUFFERED)
