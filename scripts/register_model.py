@@ -25,6 +25,7 @@ ARTIFACT_PATH = "model"
 
 def register(tracking_uri: str, folder: Path, name: str | None = None, aliases: tuple[str, ...] = ()) -> str:
     """Log ``folder`` and register it; returns the new version number."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is the version number
     import mlflow
 
     metadata = json.loads((folder / "metadata.json").read_text())

@@ -224,6 +224,7 @@ def test_every_artifact_format_the_metadata_accepts_has_a_loader() -> None:
     assert set(LOADERS) == set(ARTIFACT_FORMATS)
 
 
+@pytest.mark.filterwarnings("ignore:.*type hint:UserWarning")  # MLflow's advice on predict's type hints
 def test_an_mlflow_pyfunc_model_without_metadata_json_loads_with_the_metadata_it_was_logged_with(
     tmp_path: Path,
 ) -> None:
