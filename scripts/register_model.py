@@ -26,6 +26,7 @@ ARTIFACT_PATH = "model"
 def register(tracking_uri: str, folder: Path, name: str | None = None, aliases: tuple[str, ...] = ()) -> str:
     """Log ``folder`` and register it; returns the new version number."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is the version number
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports to MLflow's makers
     import mlflow
 
     metadata = json.loads((folder / "metadata.json").read_text())

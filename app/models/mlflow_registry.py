@@ -37,12 +37,14 @@ log = logging.getLogger(__name__)
 MLMODEL_FILE = "MLmodel"
 
 # The MLflow client retries a refused connection 7 times with a doubling pause (minutes) and waits
-# 120 s for an answer: a worker that cannot reach its registry should say so in seconds.
+# 120 s for an answer: a worker that cannot reach its registry should say so in seconds. Each is
+# only a default: the operator's environment wins.
 _CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a progress bar is noise in a worker's log
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow reports usage to its makers by default; a worker does not
 }
 
 

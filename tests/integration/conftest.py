@@ -84,7 +84,13 @@ def mlflow_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         )
     log = folder / "server.log"
     with log.open("wb") as log_file:
-        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            command,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},  # offline: no usage reports
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + MLFLOW_START_TIMEOUT_S
         while not _answers(f"{uri}/health"):
