@@ -65,4 +65,4 @@ model: ## retrain the default model into models/ (needs the dev extras: scikit-l
 	@$(PYTHON) scripts/train_default_model.py
 
 clean: ## remove local state of this clone (not the cached venv or broker)
-	rm -rf .worker-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .worker-data .model-cache .pytest_cache .mypy_cache .ruff_cache

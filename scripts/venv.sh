@@ -2,8 +2,8 @@
 # Prints the path of the project's virtual environment, creating it first when needed.
 #
 # The environment lives outside the clone (torch from PyPI is a multi-GB CUDA build), keyed by
-# the dependency specification: pyproject.toml's dependency tables (with the dev, bench, text, onnx, tracing and
-# registry extras), requirements/constraints.txt
+# the dependency specification: pyproject.toml's dependency tables (with the dev, bench, text, onnx, tracing,
+# registry and mlflow extras), requirements/constraints.txt
 # and the Python version. Clones and CI runs with the same specification share one environment.
 # Only the dependencies are installed; the project itself runs from its checkout (PYTHONPATH).
 set -euo pipefail
@@ -18,7 +18,8 @@ import hashlib, json, pathlib, sys, tomllib
 root = pathlib.Path(sys.argv[1])
 project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
 extras = project["optional-dependencies"]
-requirements = project["dependencies"] + [spec for extra in ("dev", "bench", "text", "onnx", "tracing", "registry") for spec in extras[extra]]
+extras_used = ("dev", "bench", "text", "onnx", "tracing", "registry", "mlflow")
+requirements = project["dependencies"] + [spec for extra in extras_used for spec in extras[extra]]
 constraints = (root / "requirements" / "constraints.txt").read_text()
 key = hashlib.sha256(json.dumps([requirements, constraints, sys.version_info[:2]]).encode()).hexdigest()[:16]
 print(key)
