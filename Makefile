@@ -4,9 +4,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 # The one cached environment (scripts/venv.sh), with the extras each target needs added on first use:
-# run needs none; lint and the tests dev, text, onnx, tracing, registry; the benchmarks text, onnx, bench, registry.
+# run needs none; lint and the tests dev, text, onnx, tracing, registry, mlflow; the benchmarks text, onnx, bench,
+# registry.
 venv = $(shell scripts/venv.sh $(1))
-TEST_EXTRAS = dev text onnx tracing registry
+TEST_EXTRAS = dev text onnx tracing registry mlflow
 PYTHON = $(call venv,$(TEST_EXTRAS))/bin/python
 export PYTHONPATH := $(CURDIR)
 
@@ -73,4 +74,4 @@ model: ## retrain the default model into models/ (needs the dev extras: scikit-l
 	@$(PYTHON) scripts/train_default_model.py
 
 clean: ## remove local state of this clone (not the cached venv or broker)
-	rm -rf .worker-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .worker-data .model-cache .pytest_cache .mypy_cache .ruff_cache

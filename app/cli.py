@@ -151,13 +151,13 @@ def _worker(settings: Settings) -> int:
 async def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from app.kafka.schema_registry import event_encoder
     from app.kafka.topics import ensure_worker_topics
-    from app.models.registry import ModelRegistry
+    from app.models.registry import open_registry
     from app.tools.produce import EventFactory, produce_events
 
     config = client_config(settings.kafka)
     encode = event_encoder(settings.schema_registry, settings.topics.input_topic)
     await ensure_worker_topics(settings)
-    metadata = ModelRegistry(settings.models.model_dir).metadata(
+    metadata = open_registry(settings.models).metadata(
         args.model or settings.models.default_model, settings.models.model_version
     )
     factory = EventFactory(metadata, seed=args.seed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +33,8 @@ BUNDLED_MODELS = BUNDLED_DIR / "models"
 BUNDLED_SCHEMAS = BUNDLED_DIR / "schemas"
 
 T = TypeVar("T")
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+|latest))")
+"""An MLflow model registry URI: a registered model's name, then an alias or a version number."""
 
 
 @dataclass(frozen=True)
@@ -341,6 +344,24 @@ class ModelSettings:
     routing_file: Path | None = setting(
         "ROUTING_FILE", "", "JSON file of routes (as MODEL_ROUTING, which it overrides per model); re-read at run time"
     )
+    model_uri: str = setting(
+        "MODEL_URI",
+        "",
+        "serve a model of the MLflow model registry at MLFLOW_TRACKING_URI: models:/<name>@<alias> (follows the "
+        "alias) or models:/<name>/<version>; it then names the model and version instead of MODEL_NAMES/MODEL_VERSION",
+        (
+            lambda v: not v or MODEL_URI.fullmatch(v) is not None,
+            "must be models:/<name>@<alias> or models:/<name>/<version>",
+        ),
+    )
+    mlflow_tracking_uri: str = setting(
+        "MLFLOW_TRACKING_URI", "", "the MLflow tracking server holding the model registry, e.g. http://mlflow:5000"
+    )
+    model_cache_dir: Path = setting(
+        "MODEL_CACHE_DIR",
+        ".model-cache",
+        "where versions from the MLflow registry are downloaded to: <MODEL_CACHE_DIR>/<name>/<version>/",
+    )
     model_poll_interval_s: float = setting(
         "MODEL_POLL_INTERVAL_S",
         "10",
@@ -376,6 +397,10 @@ class ModelSettings:
     @property
     def default_model(self) -> str:
         return self.model_names[0]
+
+    @property
+    def from_mlflow(self) -> bool:
+        return bool(self.model_uri)
 
 
 @dataclass(frozen=True)
@@ -500,6 +525,7 @@ class Settings:
         sections = {section.name: _read_section(_section_type(section), env) for section in dataclasses.fields(cls)}
         _check_security(sections["kafka"])
         _check_schema_registry(sections["schema_registry"])
+        sections["models"] = _apply_model_uri(sections["models"], env)
         return cls(**sections)
 
 
@@ -620,6 +646,21 @@ def _check_schema_registry(registry: SchemaRegistrySettings) -> None:
         )
     if registry.basic_auth_user_info and ":" not in registry.basic_auth_user_info.get_secret_value():
         raise ConfigError("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO must be <user>:<password>")
+
+
+def _apply_model_uri(models: ModelSettings, env: Mapping[str, str]) -> ModelSettings:
+    """MODEL_URI names the model and the version (or alias) to serve: it stands for MODEL_NAMES and MODEL_VERSION."""
+    match = MODEL_URI.fullmatch(models.model_uri)
+    if match is None:
+        return models
+    if not models.mlflow_tracking_uri:
+        raise ConfigError(
+            f"MODEL_URI={models.model_uri} needs MLFLOW_TRACKING_URI: set it to the MLflow server, e.g. http://127.0.0.1:5000"
+        )
+    given = [name for name in ("MODEL_NAMES", "MODEL_VERSION") if name in env]
+    if given:
+        raise ConfigError(f"MODEL_URI={models.model_uri} names the model and its version: unset {' and '.join(given)}")
+    return dataclasses.replace(models, model_names=(match["name"],), model_version=match["alias"] or match["version"])
 
 
 SASL_CREDENTIALS = (("KAFKA_SASL_USERNAME", "sasl_username"), ("KAFKA_SASL_PASSWORD", "sasl_password"))

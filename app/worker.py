@@ -27,7 +27,7 @@ from app.kafka.topics import TopicLayout, worker_topics
 from app.kafka.transport import BatchingConsumer, InputBatch, WorkerApp
 from app.metrics import Metrics
 from app.models.catalog import ModelCatalog
-from app.models.registry import ModelRegistry
+from app.models.registry import ModelRegistry, local_model_dir
 from app.pipeline.inference import InboundRecord, InferencePipeline
 from app.pipeline.tracing import start_tracing
 from app.records.events import SourceRef
@@ -155,7 +155,7 @@ def create_app(
 
     stats = None
     if settings.stats.stats_enabled:
-        registry = ModelRegistry(settings.models.model_dir)
+        registry = ModelRegistry(local_model_dir(settings.models))  # the served versions' metadata
         backoff_s = settings.kafka.publish_retry_backoff_s
         stats = StatsAgents(
             app, settings.stats, settings.topics, registry, send, metrics, input_partitions, backoff_s, formats.stats

@@ -2,7 +2,7 @@
 # Prints the path of the project's virtual environment, creating it first when needed, with the
 # extras named as arguments installed:
 #   scripts/venv.sh                    the worker's dependencies only (make run)
-#   scripts/venv.sh dev text onnx tracing registry   plus the tests' (make test, make lint)
+#   scripts/venv.sh dev text onnx tracing registry mlflow   plus the tests' (make test, make lint)
 #   scripts/venv.sh text onnx bench registry         plus the benchmark's (make bench)
 #
 # The environment lives outside the clone (torch from PyPI is a multi-GB CUDA build), keyed by

@@ -2,7 +2,8 @@
 
 At start ``load`` loads and warms every version the routes name and fails with one line if
 one cannot load. At run time ``refresh`` (on a timer and on ``POST /models/reload``) re-reads
-the routing and the registry; versions it has not loaded yet are loaded and warmed on a thread
+the routing and the registry (which versions ``latest`` and, in an MLflow registry, aliases such as
+``champion`` name now: moving an alias is a promotion); versions it has not loaded yet are loaded and warmed on a thread
 while the current ones keep serving, and a model's route switches only once all its versions
 are warm — in one assignment, between two ``select`` calls, so every record is routed by
 exactly one route and its result names the runner that produced it. A version that fails to
@@ -18,15 +19,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError, InvalidRecord, ModelLoadError
 from app.metrics import Metrics
 from app.models.ensemble import EnsembleRunner, declared_members
 from app.models.metadata import ENSEMBLE_FORMAT, ModelKey, ModelMetadata
-from app.models.registry import ModelRegistry
-from app.models.routing import LATEST, Route, parse_routing, pick_version
+from app.models.registry import open_registry
+from app.models.routing import Route, parse_routing, pick_version
 from app.models.runner import ModelRunner, Runner, RunOptions, pick_device
 from app.settings import ModelSettings
 
@@ -57,7 +57,7 @@ class ModelCatalog:
         self._settings = settings
         self._warm_up_batch_size = warm_up_batch_size
         self._metrics = metrics or Metrics()
-        self._registry = ModelRegistry(settings.model_dir)
+        self._registry = open_registry(settings)
         self._device = pick_device(settings.device)
         self._run_options = RunOptions(
             settings.half_precision, settings.model_execution, settings.model_quantize, settings.model_compile
@@ -66,6 +66,8 @@ class ModelCatalog:
         self.routes: dict[str, Route] = {}
         """The serving route of each model, with concrete versions."""
         self.failures: dict[ModelKey, LoadFailure] = {}
+        self.aliases: dict[str, dict[str, str]] = {}
+        """Per model, the version each alias of its route named when the route was last resolved."""
         self._serving: dict[str, _Serving] = {}
         self.on_retired: Callable[[Runner], Any] = lambda runner: runner.close()
         self._refreshing = asyncio.Lock()
@@ -96,10 +98,12 @@ class ModelCatalog:
     def load(self) -> None:
         """Load and warm what the routes name; raises ModelLoadError or ConfigError with one line."""
         for name, route in self._wanted_routes().items():
-            resolved = self._resolve(name, route)
+            aliases = self._aliases(name, route)
+            resolved = route.resolve(aliases)
             for version in resolved.versions:
                 self._install(self._load_runner(name, version))
             self._switch(name, resolved)
+            self.aliases[name] = aliases
         self._publish_info()
 
     async def refresh(self) -> dict[str, Any]:
@@ -113,11 +117,18 @@ class ModelCatalog:
             changes: dict[str, Any] = {}
             for name, route in wanted.items():
                 try:
-                    resolved = self._resolve(name, route)
+                    aliases = await asyncio.to_thread(self._aliases, name, route)  # MLflow: HTTP requests
+                except ModelLoadError as exc:
+                    log.warning("model %s stays on its current route: %s", name, exc)
+                    changes[name] = {"kept": self.routes[name].to_dict(), "error": str(exc)}
+                    continue
+                resolved = route.resolve(aliases)
+                try:
                     await self._load_missing(name, resolved)
                 except ModelLoadError as exc:
                     changes[name] = {"kept": self.routes[name].to_dict(), "error": str(exc)}
                     continue
+                self.aliases[name] = aliases
                 if resolved != self.routes.get(name):
                     log.info("model %s: route %s -> %s", name, self._route_text(name), resolved.to_dict())
                     self._switch(name, resolved)
@@ -136,6 +147,7 @@ class ModelCatalog:
                 "device": str(serving.device),
                 "warm": serving.warm,
                 "route": route.to_dict(),
+                "aliases": self.aliases.get(name, {}),
                 "loaded": sorted(key.version for key in self.runners if key.name == name),
                 "failed": {key.version: failure.reason for key, failure in self.failures.items() if key.name == name},
             }
@@ -155,16 +167,17 @@ class ModelCatalog:
             raise ConfigError(f"routing names model(s) not in MODEL_NAMES: {', '.join(sorted(unknown))}")
         return {name: configured.get(name, Route.single(settings.model_version)) for name in settings.model_names}
 
-    def _resolve(self, name: str, route: Route) -> Route:
-        aliases = {version for version in route.versions if version == LATEST}
-        return route.resolve({alias: self._registry.resolve(name, alias) for alias in aliases})
+    def _aliases(self, name: str, route: Route) -> dict[str, str]:
+        """The version each alias of the route (``latest``; MLflow's ``champion``...) names now."""
+        aliases = [version for version in route.versions if self._registry.is_alias(version)]
+        return {alias: self._registry.resolve(name, alias) for alias in aliases}
 
     async def _load_missing(self, name: str, route: Route) -> None:
         for version in route.versions:
             key = ModelKey(name, version)
             if key in self.runners:
                 continue
-            fingerprint = self._fingerprint(name, version)
+            fingerprint = self._registry.fingerprint(name, version)
             failure = self.failures.get(key)
             if failure is not None and failure.fingerprint == fingerprint:
                 raise ModelLoadError(failure.reason)
@@ -210,14 +223,6 @@ class ModelCatalog:
         for key in [key for key in self.runners if key not in used]:
             log.info("model %s retired", key)
             self.on_retired(self.runners.pop(key))
-
-    def _fingerprint(self, name: str, version: str) -> int:
-        """Changes when any file of the version changes, so a fixed version is tried again."""
-        folder = Path(self._settings.model_dir) / name / version
-        try:
-            return hash(tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*"))))
-        except OSError:
-            return 0
 
     def _route_text(self, name: str) -> Any:
         route = self.routes.get(name)

@@ -7,8 +7,11 @@
 - ``onnx``: an ONNX Runtime session (the ``onnx`` extra) wrapped as a module.
 - ``sentence-transformers``: a model folder or ``package:<module>`` (the ``text`` extra), see
   ``app.models.embeddings``.
+- ``mlflow.pyfunc``: an MLflow model folder (``MLmodel`` with the python_function flavour, the
+  ``mlflow`` extra), the fallback for models from the MLflow registry that carry no metadata.json.
 
-None of them unpickles arbitrary objects. ``state_dict`` imports the class its metadata names:
+None of them but ``mlflow.pyfunc`` (a pyfunc model is its pickled code) unpickles arbitrary
+objects. ``state_dict`` imports the class its metadata names:
 the registry is trusted like the code (whoever writes metadata.json chooses what runs anyway).
 """
 
@@ -97,13 +100,18 @@ class OnnxModule(nn.Module):
         return torch.from_numpy(output).to(device=batch.device, dtype=batch.dtype)
 
 
-def load_onnx(version_dir: Path, metadata: ModelMetadata) -> nn.Module:
+def _import_extra(module: str, extra: str, what: str, metadata: ModelMetadata) -> Any:
+    """``module`` from an optional extra; a load error naming the extra to install when it is missing."""
     try:
-        import onnxruntime
+        return importlib.import_module(module)
     except ImportError:
         raise ModelLoadError(
-            f"model {metadata.name}/{metadata.version} is ONNX: install the onnx extra: pip install '.[onnx]'"
+            f"model {metadata.name}/{metadata.version} is {what}: install the {extra} extra: pip install '.[{extra}]'"
         ) from None
+
+
+def load_onnx(version_dir: Path, metadata: ModelMetadata) -> nn.Module:
+    onnxruntime = _import_extra("onnxruntime", "onnx", "ONNX", metadata)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same CPU budget as TORCH_THREADS
     # No spin-waiting between runs: spinning ONNX Runtime threads starve torch's own pool on the
@@ -124,10 +132,42 @@ def load_sentence_transformers(version_dir: Path, metadata: ModelMetadata) -> nn
     return load_text_embedder(version_dir, metadata)
 
 
+class PyfuncModule(nn.Module):
+    """An MLflow pyfunc model behind a module's call: rows in, its ``predict`` on them, a tensor out.
+
+    A classifier's ``predict`` returns one probability per label (as ``predict_proba`` does); they
+    come out as log-probabilities, so the runner's softmax gives them back. A regressor's returns
+    one number per row.
+    """
+
+    def __init__(self, model: Any, classifier: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.classifier = classifier
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        import numpy
+
+        output = numpy.asarray(self.model.predict(batch.detach().to(device="cpu", dtype=torch.float32).numpy()))
+        values = torch.as_tensor(output, dtype=torch.float32)
+        if self.classifier:
+            values = torch.log(values.clamp_min(1e-30))
+        return values.to(device=batch.device, dtype=batch.dtype)
+
+
+def load_mlflow_pyfunc(version_dir: Path, metadata: ModelMetadata) -> nn.Module:
+    pyfunc = _import_extra("mlflow.pyfunc", "mlflow", "an MLflow pyfunc model", metadata)
+    if metadata.input != "features":
+        raise ModelLoadError(f"model {metadata.name}/{metadata.version}: an MLflow pyfunc model takes features")
+    model = pyfunc.load_model(str(version_dir / metadata.artifact))
+    return PyfuncModule(model, metadata.kind == "classifier")
+
+
 LOADERS: dict[str, Loader] = {
     "torch.export": load_torch_export,
     "torchscript": load_torchscript,
     "state_dict": load_state_dict,
     "onnx": load_onnx,
     "sentence-transformers": load_sentence_transformers,
+    "mlflow.pyfunc": load_mlflow_pyfunc,
 }

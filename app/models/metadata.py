@@ -21,7 +21,9 @@ from app.settings import BUNDLED_SCHEMAS
 METADATA_FILE = "metadata.json"
 ENSEMBLE_FORMAT = "ensemble"
 """Built from its members' runners by ``app.models.catalog``; it has no artifact of its own."""
-ARTIFACT_FORMATS = ("torch.export", "torchscript", "state_dict", "onnx", "sentence-transformers")
+MLFLOW_PYFUNC_FORMAT = "mlflow.pyfunc"
+"""An MLflow model with the python_function flavour, from the MLflow registry (``app.models.mlflow_registry``)."""
+ARTIFACT_FORMATS = ("torch.export", "torchscript", "state_dict", "onnx", "sentence-transformers", MLFLOW_PYFUNC_FORMAT)
 """Each has its loader in ``app.models.formats.LOADERS``."""
 SUPPORTED_FORMATS = (*ARTIFACT_FORMATS, ENSEMBLE_FORMAT)
 KINDS = ("classifier", "regressor", "embedding")

@@ -44,11 +44,17 @@ class Route:
         return tuple(dict.fromkeys([version for version, _ in self.split] + list(self.shadow)))
 
     def resolve(self, resolved: Mapping[str, str]) -> Route:
-        """The same route with aliases ("latest") replaced by concrete versions."""
-        return Route(
-            tuple((resolved.get(version, version), weight) for version, weight in self.split),
-            tuple(resolved.get(version, version) for version in self.shadow),
-        )
+        """The same route with aliases ("latest", MLflow's "champion") replaced by concrete versions.
+
+        Aliases may name the same version (``champion`` and ``challenger`` after a promotion): their
+        weights add up, and a shadow that names a serving version is dropped (it would only repeat it).
+        """
+        weights: dict[str, float] = {}
+        for version, weight in self.split:
+            concrete = resolved.get(version, version)
+            weights[concrete] = weights.get(concrete, 0.0) + weight
+        shadows = dict.fromkeys(resolved.get(version, version) for version in self.shadow)
+        return Route(tuple(weights.items()), tuple(version for version in shadows if version not in weights))
 
     def to_dict(self) -> dict[str, Any]:
         return {"split": dict(self.split), "shadow": list(self.shadow)}

@@ -28,7 +28,7 @@ import torch
 from app.errors import ModelLoadError
 from app.models.embeddings import TextEmbedder
 from app.models.metadata import ModelKey, ModelMetadata
-from app.models.registry import ModelRegistry
+from app.models.registry import Registry
 from app.models.tuning import compile_module, quantize
 
 log = logging.getLogger(__name__)
@@ -125,13 +125,13 @@ class ModelRunner(OffLoopPredictor):
 
     @classmethod
     def load(
-        cls, registry: ModelRegistry, name: str, version: str, device: torch.device, options: RunOptions = RunOptions()
+        cls, registry: Registry, name: str, version: str, device: torch.device, options: RunOptions = RunOptions()
     ) -> ModelRunner:
         return cls.from_metadata(registry, registry.metadata(name, version), device, options)
 
     @classmethod
     def from_metadata(
-        cls, registry: ModelRegistry, metadata: ModelMetadata, device: torch.device, options: RunOptions = RunOptions()
+        cls, registry: Registry, metadata: ModelMetadata, device: torch.device, options: RunOptions = RunOptions()
     ) -> ModelRunner:
         """Load the artifact ``metadata`` describes (already read from the registry)."""
         module = registry.load_module(metadata)

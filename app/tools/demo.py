@@ -22,7 +22,7 @@ from pathlib import Path
 from app.kafka.schema_registry import event_encoder, result_decoder
 from app.kafka.security import client_config
 from app.kafka.topics import ensure_worker_topics
-from app.models.registry import ModelRegistry
+from app.models.registry import open_registry
 from app.settings import Settings
 from app.tools.produce import EventFactory, produce_events
 from app.tools.tail import describe, follow
@@ -70,9 +70,7 @@ async def run_demo(settings: Settings, count: int, rate: float, malformed: float
 
 
 async def _feed_and_watch(settings: Settings, count: int, rate: float, malformed: float) -> int:
-    metadata = ModelRegistry(settings.models.model_dir).metadata(
-        settings.models.default_model, settings.models.model_version
-    )
+    metadata = open_registry(settings.models).metadata(settings.models.default_model, settings.models.model_version)
     factory = EventFactory(metadata)
     encode = event_encoder(settings.schema_registry, settings.topics.input_topic)
     decode = result_decoder(settings.schema_registry)

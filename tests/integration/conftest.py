@@ -2,13 +2,16 @@
 
 The session fixture brings the local broker up through kafka/kafka.sh (the same script as
 ``make kafka-up``), unless KAFKA_BOOTSTRAP_SERVERS names another one. When no broker can be
-reached the tests fail in CI (CI is set) and are skipped elsewhere, saying why.
+reached the tests fail in CI (CI is set) and are skipped elsewhere, saying why. The tests of
+models from an MLflow registry start a real ``mlflow server`` (sqlite backend, local artifact
+folder; the mlflow extra) the same way, on MLFLOW_LOCAL_PORT or a free port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,8 +35,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def _unavailable(why: str, server: str = "Kafka broker") -> None:
-    message = f"no {server} reachable: {why}"
+def _unavailable(why: str, what: str = "no Kafka broker reachable") -> None:
+    message = f"{what}: {why}"
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -66,15 +69,74 @@ def schema_registry_url() -> str:
     try:
         done = subprocess.run([script, "up"], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        _unavailable("registry/registry.sh up did not finish in 600 s", "Schema Registry")
+        _unavailable("registry/registry.sh up did not finish in 600 s", "no Schema Registry reachable")
     if done.returncode != 0:
-        _unavailable(done.stderr.strip() or done.stdout.strip(), "Schema Registry")
+        _unavailable(done.stderr.strip() or done.stdout.strip(), "no Schema Registry reachable")
     status = subprocess.run([script, "status"], capture_output=True, text=True, timeout=60)
     if status.returncode != 0:
         _unavailable(
-            "registry/registry.sh status: " + (status.stdout.strip() or status.stderr.strip()), "Schema Registry"
+            "registry/registry.sh status: " + (status.stdout.strip() or status.stderr.strip()),
+            "no Schema Registry reachable",
         )
     return subprocess.run([script, "url"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+
+
+MLFLOW_START_TIMEOUT_S = 180.0
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server with its model registry: sqlite backend, artifacts in a local
+    folder served through the server (``mlflow-artifacts:``), stopped at the end of the session."""
+    mlflow = Path(sys.executable).parent / "mlflow"
+    if not mlflow.is_file():
+        _unavailable(f"no {mlflow}: install the mlflow extra (pip install '.[mlflow]')", "no MLflow server")
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = int(os.environ.get("MLFLOW_LOCAL_PORT") or free_port())
+    uri = f"http://127.0.0.1:{port}"
+    command = [
+        str(mlflow), "server",
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination", str(folder / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    if _answers(f"{uri}/health"):
+        _unavailable(
+            f"port {port} is taken by another server: set MLFLOW_LOCAL_PORT to a free port", "no MLflow server"
+        )
+    log = folder / "server.log"
+    with log.open("wb") as log_file:
+        server = subprocess.Popen(
+            command,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},  # offline: no usage reports
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + MLFLOW_START_TIMEOUT_S
+        while not _answers(f"{uri}/health"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
+                _unavailable(f"mlflow server on port {port} did not start (see {log}): {tail}", "no MLflow server")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn/gunicorn workers
+            try:
+                server.wait(timeout=5)  # its state is this session's temporary folder
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 # kafka/kafka.sh's test-only SASL user (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), known to everyone.
@@ -126,7 +188,7 @@ def cluster() -> Iterator[Any]:
     try:
         local, started = start_cluster()
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        _unavailable(f"the local three-broker cluster did not start: {exc}")
+        _unavailable(str(exc), "the local three-broker cluster did not start")
     yield local
     if started:
         stop_cluster()

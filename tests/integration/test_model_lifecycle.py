@@ -90,6 +90,37 @@ def models_view(worker: WorkerProcess) -> dict[str, Any]:
     return document
 
 
+def assert_switched_from_1_to_2(results: list[dict[str, Any]], sent: int) -> None:
+    """A switch from version 1 to 2 (``models/breast-cancer/1`` and ``/2``) mid-stream: every event
+    predicted once, each partition on 1 then on 2, and each score the one its version computes."""
+    per_event = Counter(result["event_id"] for result in results)
+    assert set(per_event) == {f"e-{n}" for n in range(sent)}, "an event has no prediction"
+    assert max(per_event.values()) == 1, "an event was predicted twice across the switch"
+    versions = Counter(result["model_version"] for result in results)
+    assert set(versions) == {"1", "2"} and min(versions.values()) > 500, versions
+
+    # Per partition, offsets before the switch ran on 1 and every later one on 2: no flapping.
+    by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for result in results:
+        by_partition[result["partition"]].append((result["offset"], result["model_version"]))
+    for partition, tagged in by_partition.items():
+        in_order = [version for _, version in sorted(tagged)]
+        assert in_order == sorted(in_order), f"partition {partition} went back to an older version"
+
+    # The tag names the model that produced the number: recompute each with both versions.
+    one, two = reference("1"), reference("2")
+    indexes = [int(result["event_id"][2:]) for result in results]
+    by_one = one.predict([features(n) for n in indexes])
+    by_two = two.predict([features(n) for n in indexes])
+    differ = 0
+    for result, first, second in zip(results, by_one, by_two, strict=True):
+        expected = first if result["model_version"] == "1" else second
+        other = second if result["model_version"] == "1" else first
+        assert result["prediction"] == pytest.approx(expected.prediction, abs=1e-5)
+        differ += abs(other.prediction - expected.prediction) > 1e-4
+    assert differ > len(results) // 2, "the two versions agree too often for the tag check to mean anything"
+
+
 RATE = 1000.0
 AT_MOST = 60_000  # events the hot-reload stream may send (a minute); it stops once both versions landed
 
@@ -128,32 +159,7 @@ def test_hot_reload_mid_stream_loses_nothing_and_tags_each_result(
         _, metrics = running.get("/metrics")
         assert running.process.poll() is None
 
-    per_event = Counter(result["event_id"] for result in results)
-    assert set(per_event) == {f"e-{n}" for n in range(sent)}, "an event has no prediction"
-    assert max(per_event.values()) == 1, "an event was predicted twice across the switch"
-    versions = Counter(result["model_version"] for result in results)
-    assert set(versions) == {"1", "2"} and min(versions.values()) > 500, versions
-
-    # Per partition, offsets before the switch ran on 1 and every later one on 2: no flapping.
-    by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for result in results:
-        by_partition[result["partition"]].append((result["offset"], result["model_version"]))
-    for partition, tagged in by_partition.items():
-        in_order = [version for _, version in sorted(tagged)]
-        assert in_order == sorted(in_order), f"partition {partition} went back to an older version"
-
-    # The tag names the model that produced the number: recompute each with both versions.
-    one, two = reference("1"), reference("2")
-    indexes = [int(result["event_id"][2:]) for result in results]
-    by_one = one.predict([features(n) for n in indexes])
-    by_two = two.predict([features(n) for n in indexes])
-    differ = 0
-    for result, first, second in zip(results, by_one, by_two, strict=True):
-        expected = first if result["model_version"] == "1" else second
-        other = second if result["model_version"] == "1" else first
-        assert result["prediction"] == pytest.approx(expected.prediction, abs=1e-5)
-        differ += abs(other.prediction - expected.prediction) > 1e-4
-    assert differ > len(results) // 2, "the two versions agree too often for the tag check to mean anything"
+    assert_switched_from_1_to_2(results, sent)
 
     assert view["version"] == "2" and view["loaded"] == ["2"]
     assert "cannot load" in view["failed"]["3"]

@@ -5,6 +5,7 @@ quantize and compile knobs keep outputs close."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -221,3 +222,35 @@ def test_compiled_model_gives_the_same_outputs(tmp_path: Path, original: TinyNet
 
 def test_every_artifact_format_the_metadata_accepts_has_a_loader() -> None:
     assert set(LOADERS) == set(ARTIFACT_FORMATS)
+
+
+@pytest.mark.filterwarnings("ignore:.*type hint:UserWarning")  # MLflow's advice on predict's type hints
+def test_an_mlflow_pyfunc_model_without_metadata_json_loads_with_the_metadata_it_was_logged_with(
+    tmp_path: Path,
+) -> None:
+    """The fallback for models of the MLflow registry that are not in one of our formats."""
+    pyfunc = pytest.importorskip("mlflow.pyfunc")
+    from app.models.mlflow_registry import _name_in_metadata
+
+    class Probabilities(pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+        """As an sklearn classifier's predict_proba: one probability per label."""
+
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # no hints: MLflow reads them as a schema
+            import numpy
+
+            first = 1.0 / (1.0 + numpy.exp(-numpy.asarray(model_input, dtype=numpy.float64).sum(axis=1)))
+            return numpy.stack([first, 1.0 - first], axis=1)
+
+    folder = tmp_path / "pf" / "4"
+    logged = {"kind": "classifier", "input_size": 3, "labels": ["yes", "no"], "positive_label": "yes"}
+    pyfunc.save_model(str(folder), python_model=Probabilities(), metadata=logged)
+    _name_in_metadata(folder, "pf", "4", "models:/pf/4")
+    registry = ModelRegistry(tmp_path)
+    metadata = registry.metadata("pf", "4")
+    assert (metadata.format, metadata.version, metadata.labels) == ("mlflow.pyfunc", "4", ("yes", "no"))
+    runner = ModelRunner.from_metadata(registry, metadata, CPU)
+    runner.warm_up(4)
+    outputs = runner.predict([[0.5, 0.25, 0.25], [-1.0, -1.0, 0.0]])
+    expected = [1 / (1 + math.exp(-1.0)), 1 / (1 + math.exp(2.0))]
+    assert [output.prediction for output in outputs] == pytest.approx(expected, abs=1e-5)
+    assert [output.label for output in outputs] == ["yes", "no"]

@@ -12,7 +12,7 @@ import torch
 from jsonschema import Draft202012Validator
 
 from app.errors import InvalidRecord, ModelLoadError
-from app.models.metadata import ModelMetadata
+from app.models.metadata import INPUTS, KINDS, OUTPUTS, SUPPORTED_FORMATS, ModelMetadata
 from app.models.registry import ModelRegistry
 from app.models.runner import ModelRunner
 from app.pipeline.admission import check_input
@@ -119,6 +119,10 @@ def test_the_metadata_schema_is_valid_and_every_shipped_model_matches_it() -> No
     for document in documents:
         schema.validate(document)
     assert isinstance(schema, Draft202012Validator)
+    properties = schema.schema["properties"]
+    assert set(properties["format"]["enum"]) == set(SUPPORTED_FORMATS)
+    assert (properties["kind"]["enum"], properties["input"]["enum"]) == (list(KINDS), list(INPUTS))
+    assert properties["output"]["enum"] == list(OUTPUTS)
 
 
 def test_onnx_output_name_picks_the_probabilities_not_the_label(tmp_path: Path) -> None:

@@ -63,3 +63,12 @@ def test_sticky_point_is_stable_across_processes() -> None:
 def test_resolve_replaces_aliases() -> None:
     route = Route((("latest", 1.0),), ("2",)).resolve({"latest": "3"})
     assert route == Route((("3", 1.0),), ("2",))
+
+
+def test_aliases_naming_one_version_merge_and_a_shadow_of_a_serving_version_is_dropped() -> None:
+    route = Route((("champion", 90.0), ("challenger", 10.0)), ("candidate",))
+    promoted = route.resolve({"champion": "2", "challenger": "2", "candidate": "2"})
+    assert promoted == Route((("2", 100.0),), ())
+    assert route.resolve({"champion": "1", "challenger": "2", "candidate": "3"}) == Route(
+        (("1", 90.0), ("2", 10.0)), ("3",)
+    )

@@ -139,3 +139,42 @@ def test_help_lists_the_settings() -> None:
     done = run_cli("worker", "--help", env={})
     assert done.returncode == 0
     assert "KAFKA_BOOTSTRAP_SERVERS" in done.stdout and "MAX_WAIT_MS" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("uri", "name", "version"),
+    [
+        ("models:/fraud@champion", "fraud", "champion"),
+        ("models:/fraud/7", "fraud", "7"),
+        ("models:/f/latest", "f", "latest"),
+    ],
+)
+def test_model_uri_names_the_model_and_the_version_or_alias(uri: str, name: str, version: str) -> None:
+    settings = Settings.from_env({"MODEL_URI": uri, "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    assert settings.models.from_mlflow
+    assert (settings.models.model_names, settings.models.model_version) == ((name,), version)
+    assert not Settings.from_env({}).models.from_mlflow
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"MODEL_URI": "models:/fraud@champion"},
+            "MODEL_URI=models:/fraud@champion needs MLFLOW_TRACKING_URI: set it to the MLflow server, "
+            "e.g. http://127.0.0.1:5000",
+        ),
+        (
+            {"MODEL_URI": "runs:/abc/model", "MLFLOW_TRACKING_URI": "http://m"},
+            "MODEL_URI='runs:/abc/model' is invalid: must be models:/<name>@<alias> or models:/<name>/<version>",
+        ),
+        (
+            {"MODEL_URI": "models:/fraud@champion", "MLFLOW_TRACKING_URI": "http://m", "MODEL_NAMES": "fraud"},
+            "MODEL_URI=models:/fraud@champion names the model and its version: unset MODEL_NAMES",
+        ),
+    ],
+)
+def test_model_uri_mistakes_are_one_line(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(env)
+    assert str(raised.value) == message
