@@ -9,7 +9,7 @@ import faust
 from faust.worker import Worker
 
 from app.records.events import SourceRef
-from benchmarks.peers.common import arguments, decode, load_runner, result_bytes
+from benchmarks.peers.common import AIOKAFKA_PRODUCER, COMMIT_INTERVAL_S, arguments, decode, load_runner, result_bytes
 
 args = arguments(__doc__ or "")
 runner = load_runner(args.model)
@@ -21,6 +21,11 @@ app = faust.App(
     datadir=f"/tmp/bench-{args.group}",
     key_serializer="raw",
     value_serializer="raw",
+    # The shared producer settings, as faust names them (it has no idempotence switch outside exactly-once).
+    producer_acks=-1,
+    producer_linger_ms=AIOKAFKA_PRODUCER["linger_ms"],
+    producer_max_batch_size=AIOKAFKA_PRODUCER["max_batch_size"],
+    broker_commit_interval=COMMIT_INTERVAL_S,
 )
 source_topic = app.topic(args.input, key_serializer="raw", value_serializer="raw")
 output_topic = app.topic(args.output, key_serializer="raw", value_serializer="raw")
