@@ -473,7 +473,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     shuffle = random.Random(args.seed)
     report: dict[str, Any] = {
         "machine": machine(),
-        "command": " ".join(sys.argv),
+        "command": " ".join(["python -m benchmarks.bench", *sys.argv[1:]]),
         "events": args.events,
         "partitions": PARTITIONS,
         "repeats": args.repeats,
@@ -574,7 +574,10 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for run in runs:
         group = summary.setdefault(run.model, {}).setdefault(run.phase, {})
-        entry = group.setdefault(run.system, {"values": [], "p50": [], "p99": [], "offered": [], "problems": []})
+        entry = group.setdefault(
+            run.system, {"values": [], "p50": [], "p99": [], "offered": [], "problems": [], "marked": 0}
+        )
+        entry["marked"] += bool(run.problems)
         entry["values"].append(run.events_per_s)
         entry["offered"].append(run.offered_per_s)
         if run.latency_ms:
@@ -782,10 +785,12 @@ def summary_table(phases: dict[str, Any]) -> list[str]:
         "| p50 / p99 ms at the low rate | marks |",
         "|---|---|---|---|---|---|",
     ]
-    names = [*throughput, *(n for n in phases.get("low-rate", {}) if n not in throughput)]
+    names = sorted({*throughput, *phases.get("low-rate", {})}, key=lambda n: (not n.startswith("inference-worker"), n))
     for name in names:
         run = throughput.get(name)
         half, low = phases.get("half-load", {}).get(name), phases.get("low-rate", {}).get(name)
+        marked = sum(entry.get("marked", 0) for entry in (run, half, low) if entry)
+        runs = sum(entry["runs"] for entry in (run, half, low) if entry)
         marks = sorted(
             {*(run or {}).get("problems", []), *(half or {}).get("problems", []), *(low or {}).get("problems", [])}
         )
@@ -797,7 +802,7 @@ def summary_table(phases: dict[str, Any]) -> list[str]:
             ratio = f"{worker / run['median']:.2f}x" if run["median"] else "n/a"
         rows.append(
             f"| {name} | {rate} | {ratio} | {latency_cell(half, with_rate=True)} | {latency_cell(low)} | "
-            f"{'; '.join(marks) or 'ok'} |"
+            f"{f'{marked} of {runs} runs: ' + '; '.join(marks) if marks else 'ok'} |"
         )
     return rows
 
@@ -881,12 +886,15 @@ def plots(report: dict[str, Any], out: Path) -> None:
             points.setdefault(name, []).extend((load["offered_per_s"], load["p99"]) for load in loads if "p99" in load)
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, xy in points.items():
-            xy.sort()
-            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
+            by_rate: dict[float, list[float]] = {}
+            for x, y in xy:
+                by_rate.setdefault(x, []).append(y)
+            rates = sorted(by_rate)  # the median p99 of the runs at each offered rate
+            ax.plot(rates, [median(by_rate[x]) for x in rates], marker="o", label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("offered load, events/s")
-        ax.set_ylabel("p99 end-to-end latency, ms")
+        ax.set_ylabel("p99 end-to-end latency, ms (median of runs)")
         ax.set_title("p99 latency against offered load (each up to its own saturation)")
         ax.legend(fontsize=7)
         ax.grid(True, alpha=0.3)
@@ -912,6 +920,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--low-rate", type=float, default=1000.0, help="the shared latency rate, below every system's max"
     )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        help="only rewrite RESULTS.md and the plots in --out from this results.json",
+    )
     parser.add_argument("--seed", type=int, default=None, help="the shuffle's seed (default: a new order each time)")
     parser.add_argument("--text-events", type=int, default=2000, help="texts for the embedding workload (0: skip it)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks")
@@ -923,7 +937,13 @@ if __name__ == "__main__":
         help="--formats: the Schema Registry (Confluent API); make bench-formats starts the local one",
     )
     arguments = parser.parse_args()
-    if arguments.formats:
+    if arguments.replot:
+        saved = json.loads(arguments.replot.read_text())
+        saved["summary"] = summarise(
+            [Run(**{k: v for k, v in run.items() if k != "duplicates"}) for run in saved["runs"]]
+        )
+        write_outputs(saved, arguments.out)
+    elif arguments.formats:
         formats = asyncio.run(formats_workload(arguments))
         arguments.out.mkdir(parents=True, exist_ok=True)
         (arguments.out / "formats.json").write_text(json.dumps(formats, indent=2) + "\n")
