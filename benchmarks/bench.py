@@ -65,9 +65,10 @@ from benchmarks.peers.common import NOOP_MODEL_ENV
 from benchmarks.workload import text_event
 
 PARTITIONS = 4
-SYSTEMS = ("inference-worker", "naive-faust", "quix-streams", "bare-aiokafka", "bare-confluent-kafka")
+SYSTEMS = ("inference-worker", "naive-faust", "faust-take", "quix-streams", "bare-aiokafka", "bare-confluent-kafka")
 PEER_MODULES = {
     "naive-faust": "benchmarks.peers.naive_faust",
+    "faust-take": "benchmarks.peers.faust_take",
     "quix-streams": "benchmarks.peers.quix",
     "bare-aiokafka": "benchmarks.peers.bare_aiokafka",
     "bare-confluent-kafka": "benchmarks.peers.bare_confluent",

@@ -9,26 +9,12 @@ import faust
 from faust.worker import Worker
 
 from app.records.events import SourceRef
-from benchmarks.peers.common import AIOKAFKA_PRODUCER, COMMIT_INTERVAL_S, arguments, decode, load_runner, result_bytes
+from benchmarks.peers.common import arguments, decode, load_runner, result_bytes
+from benchmarks.peers.faust_app import faust_app
 
 args = arguments(__doc__ or "")
 runner = load_runner(args.model)
-app = faust.App(
-    args.group,
-    broker=f"kafka://{args.bootstrap}",
-    web_enabled=False,
-    consumer_auto_offset_reset="earliest",
-    datadir=f"/tmp/bench-{args.group}",
-    key_serializer="raw",
-    value_serializer="raw",
-    # The shared producer settings, as faust names them (it has no idempotence switch outside exactly-once).
-    producer_acks=-1,
-    producer_linger_ms=AIOKAFKA_PRODUCER["linger_ms"],
-    producer_max_batch_size=AIOKAFKA_PRODUCER["max_batch_size"],
-    broker_commit_interval=COMMIT_INTERVAL_S,
-)
-source_topic = app.topic(args.input, key_serializer="raw", value_serializer="raw")
-output_topic = app.topic(args.output, key_serializer="raw", value_serializer="raw")
+app, source_topic, output_topic = faust_app(args)
 
 
 @app.agent(source_topic)
