@@ -57,11 +57,11 @@ lint: ## ruff, mypy, and the import contracts (import-linter: layers, private up
 
 BENCH_PYTHON = $(call venv,text onnx bench registry)/bin/python
 
-bench: kafka-up ## benchmark this worker against its peers (several minutes); writes benchmarks/
+bench: kafka-up ## benchmark this worker against its peers, 3 shuffled rounds (an hour or more); writes benchmarks/
 	@$(BENCH_PYTHON) -m benchmarks.bench
 
-bench-quick: kafka-up ## only the per-system throughput and latency
-	@$(BENCH_PYTHON) -m benchmarks.bench --quick --events 30000
+bench-quick: kafka-up ## this worker against the bare aiokafka loop, model and no-op model, 3 rounds (~10 minutes)
+	@$(BENCH_PYTHON) -m benchmarks.bench --quick --events 10000 --seconds 3 --text-events 0 --systems inference-worker,bare-aiokafka
 
 bench-formats: kafka-up registry-up ## this worker's throughput with Avro in and out against JSON (a few minutes)
 	@SCHEMA_REGISTRY_URL=$$(registry/registry.sh url) $(BENCH_PYTHON) -m benchmarks.bench --formats --events 20000

@@ -411,6 +411,11 @@ class BatchingSettings:
     max_wait_ms: float = setting(
         "MAX_WAIT_MS", "10", "longest a batch waits to fill, from its first record's arrival", at_least(0)
     )
+    flush_when_input_idle: bool = setting(
+        "FLUSH_WHEN_INPUT_IDLE",
+        "true",
+        "close a batch as soon as the consumer has no more records buffered, instead of waiting out MAX_WAIT_MS",
+    )
     batch_retries: int = setting(
         "BATCH_RETRIES", "1", "retries of a failed batch forward before isolating the failing records", at_least(0)
     )

@@ -194,6 +194,8 @@ def create_app(
                 if stats is not None:
                     stats.submitted(m.partition for m in batch.messages)
                 await pipeline.submit_many([(inbound_record(m), partial(ack, m)) for m in batch.messages])
+                if not consumer.batches_waiting():
+                    pipeline.input_idle()  # nothing more to batch with: forward now, not after MAX_WAIT_MS
         finally:
             try:
                 await asyncio.wait_for(asyncio.shield(pipeline.stop()), DRAIN_TIMEOUT_S)

@@ -1,18 +1,26 @@
 """End-to-end benchmark: this worker against its peers, in one run, on one broker.
 
 Every system consumes the same events (same seed, same partition count) and writes the same
-PredictionResult JSON through the same model. Output topics use LogAppendTime, so a result's
-timestamp is the moment the broker acknowledged it; end-to-end latency is that minus the
-event's timestamp (set when it was produced). Throughput is the rate of acknowledged outputs
-after the first burst of them (``steady_rate``), so start-up and a first batch do not count.
+PredictionResult JSON through the same model, with the same producer settings (the worker's: acks=all,
+linger 5 ms, 1 MiB batches, no compression, idempotent) and offsets committed about once a second
+(``benchmarks/peers/common.py``). Output topics use LogAppendTime, so a result's timestamp is the
+moment the broker acknowledged it; end-to-end latency is that minus the event's timestamp (set when it
+was produced). Throughput is the rate of acknowledged outputs after the first burst of them
+(``steady_rate``), so start-up and a first batch do not count.
 
-    python -m benchmarks.bench [--events 60000] [--quick] [--systems a,b] [--out benchmarks]
+    python -m benchmarks.bench [--events 60000] [--quick] [--systems a,b] [--repeats 3] [--models model,noop]
+                               [--low-rate 1000] [--seconds 10] [--out benchmarks]
 
-Phases: (1) throughput over a backlog, per system, with counts in = counts out checked;
-(2) latency at a fixed offered load (50% of this worker's throughput), per system; (3) this
-worker's throughput against MAX_BATCH_SIZE; (4) its latency against offered load;
-(5) one against two replicas; (6) phases 1 and 2 again with the text-embedding model (minilm,
-text events; needs the text extra). Writes results.json, RESULTS.md and two PNG plots.
+For each model cost (``model``: the real forward; ``noop``: the same outputs, no forward, so the
+framework's own cost shows): (1) throughput over a backlog, ``--repeats`` rounds, each running every
+system in a new shuffled order; (2) latency, again in shuffled rounds, at 50% of each system's own
+median throughput and at one shared low rate (``--low-rate``), in one start of the system each round;
+the worker also runs with FLUSH_WHEN_INPUT_IDLE=false at the low rate, to show what closing a batch
+when the input runs dry buys. A run whose counts in and out differ fails the benchmark (exit status 1);
+a latency row whose offered rate was not reached, or whose outputs fell behind it, is marked. Without
+``--quick``: (3) this worker's throughput against MAX_BATCH_SIZE; (4) every system's latency at 25, 75
+and 90% of its own maximum; (5) one against two replicas; (6) the text-embedding model (minilm, text
+events; needs the text extra), one round. Writes results.json (every run), RESULTS.md and plots.
 
     python -m benchmarks.bench --formats [--events 20000] [--rounds 2] [--registry-url URL]
 
@@ -28,8 +36,10 @@ import asyncio
 import contextlib
 import io
 import json
+import math
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -44,19 +54,21 @@ from typing import Any
 
 import orjson
 import torch
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.models.registry import ModelRegistry
 from app.models.runner import ModelRunner, pick_device
 from app.settings import REPO_ROOT
 from app.tools.produce import EventFactory
+from benchmarks.peers.common import NOOP_MODEL_ENV
 from benchmarks.workload import text_event
 
 PARTITIONS = 4
-SYSTEMS = ("inference-worker", "naive-faust", "quix-streams", "bare-aiokafka", "bare-confluent-kafka")
+SYSTEMS = ("inference-worker", "naive-faust", "faust-take", "quix-streams", "bare-aiokafka", "bare-confluent-kafka")
 PEER_MODULES = {
     "naive-faust": "benchmarks.peers.naive_faust",
+    "faust-take": "benchmarks.peers.faust_take",
     "quix-streams": "benchmarks.peers.quix",
     "bare-aiokafka": "benchmarks.peers.bare_aiokafka",
     "bare-confluent-kafka": "benchmarks.peers.bare_confluent",
@@ -79,10 +91,36 @@ class Run:
     settings: dict[str, str] = field(default_factory=dict)
     output: str = ""
     """The topic the system wrote its results to."""
+    model: str = "model"
+    """``model`` (the real forward) or ``noop`` (BENCH_NOOP_MODEL: same outputs, no forward)."""
+    phase: str = "throughput"
+    """``throughput`` (a backlog), ``half-load`` (50% of the system's own median throughput) or ``low-rate``."""
+    produced_per_s: float = 0.0
+    """The rate the load generator reached (latency phases)."""
+    output_per_s: float = 0.0
+    """Outputs over the span from the first event produced to the last result acknowledged (latency phases)."""
+    problems: list[str] = field(default_factory=list)
+    """Why the run fails (counts in and out differ) or its latency is not at the offered rate."""
 
     @property
     def duplicates(self) -> int:
         return self.received - self.unique
+
+    @property
+    def failed(self) -> bool:
+        """Counts in and out differ: the benchmark fails."""
+        return self.unique != self.events
+
+    def check(self) -> None:
+        if self.unique != self.events:
+            self.problems.append(f"received {self.unique} of {self.events} events")
+        if self.phase == "throughput" and not self.events_per_s:
+            self.problems.append("no rate: every output came in the first burst (more events needed)")
+        if self.phase != "throughput":
+            if self.produced_per_s < 0.9 * self.offered_per_s:
+                self.problems.append(f"offered rate not reached ({self.produced_per_s:,.0f}/s produced)")
+            if self.output_per_s < 0.9 * self.offered_per_s:
+                self.problems.append(f"fell behind ({self.output_per_s:,.0f}/s out)")
 
 
 class Bench:
@@ -93,6 +131,10 @@ class Bench:
         metadata = ModelRegistry(REPO_ROOT / "models").metadata("breast-cancer")
         self.factory = EventFactory(metadata, seed=11, run_id=self.run_id)
         self._topics = 0
+        self.noop = False
+        self.last_started_ms = 0.0
+        """When the last ``produce`` sent its first event (epoch ms)."""
+        """Run every system with the no-op model (``benchmarks.peers.common.noop_model``)."""
         self.decode_result: Callable[[bytes], dict[str, Any]] = orjson.loads
         """How results are read back: JSON, unless the worker writes another OUTPUT_FORMAT."""
 
@@ -119,28 +161,52 @@ class Bench:
         prefix: str = "",
         model: str = TABULAR,
         encode: Callable[[dict[str, Any]], bytes] = orjson.dumps,
-    ) -> None:
-        """``encode``: the value's format (JSON by default)."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all")
-        await producer.start()
-        try:
-            started = time.perf_counter()
-            pending = []
-            for index in range(count):
-                if rate:
-                    ahead = started + index / rate - time.perf_counter()
-                    if ahead > 0.001:
-                        await asyncio.sleep(ahead)
-                event = self.factory.event(index) if model == TABULAR else text_event(index, self.run_id, model)
-                event["event_id"] = f"{prefix}{event['event_id']}"
-                event["timestamp"] = int(time.time() * 1000)
-                pending.append(await producer.send(topic, encode(event), key=event["user_id"].encode()))
-                if len(pending) >= 2000:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-            await asyncio.gather(*pending)
-        finally:
-            await producer.stop()
+    ) -> float:
+        """``encode``: the value's format (JSON by default). Returns the rate reached, events/s.
+
+        The events are built first; a librdkafka producer (on a thread, so it does not hold up the event
+        loop) then stamps and sends them at ``rate`` (0: as fast as it can): a Python producer stalls at a
+        few thousand events/s on this machine, below the rates the faster systems are offered."""
+        events = [
+            self.factory.event(index) if model == TABULAR else text_event(index, self.run_id, model)
+            for index in range(count)
+        ]
+        for event in events:
+            event["event_id"] = f"{prefix}{event['event_id']}"
+        return await asyncio.to_thread(self._send_paced, topic, events, rate, encode)
+
+    def _send_paced(
+        self, topic: str, events: list[dict[str, Any]], rate: float, encode: Callable[[dict[str, Any]], bytes]
+    ) -> float:
+        from confluent_kafka import KafkaException, Producer
+
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "acks": "all"})
+        failures: list[Any] = []
+
+        def delivered(error: Any, _message: Any) -> None:
+            if error is not None:
+                failures.append(error)
+
+        started = time.perf_counter()
+        self.last_started_ms = time.time() * 1000
+        for index, event in enumerate(events):
+            if rate:
+                ahead = started + index / rate - time.perf_counter()
+                if ahead > 0.001:
+                    time.sleep(ahead)
+            event["timestamp"] = int(time.time() * 1000)
+            while True:
+                try:
+                    producer.produce(topic, encode(event), key=event["user_id"].encode(), on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.01)  # the local queue is full: let deliveries drain it
+            producer.poll(0)
+        producer.flush()
+        elapsed = time.perf_counter() - started
+        if failures:
+            raise KafkaException(failures[0])
+        return len(events) / elapsed if elapsed > 0 else 0.0
 
     async def wait_consumed(self, group: str, topic: str, timeout_s: float) -> None:
         """Wait until `group` has committed everything in `topic` (polling is cheap: no record is read)."""
@@ -198,6 +264,7 @@ class Bench:
             "PYTHONPATH": str(REPO_ROOT),
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "OMP_NUM_THREADS": "1",
+            NOOP_MODEL_ENV: "1" if self.noop else "0",
         }
         if name == "inference-worker":
             env.update(
@@ -216,7 +283,7 @@ class Bench:
                     **settings,
                 }
             )
-            command = [sys.executable, "-m", "app", "worker"]
+            command = [sys.executable, "-m", "benchmarks.peers.worker" if self.noop else "app", "worker"]
         else:
             command = [
                 sys.executable,
@@ -255,19 +322,59 @@ class Bench:
     async def throughput(self, name: str, backlog: str, events: int, model: str = TABULAR, **settings: str) -> Run:
         output = self.topic(f"{name}-out")
         await self.create(output, log_append_time=True)
-        run = Run(name, events, settings=settings, output=output)
+        run = Run(name, events, settings=settings, output=output, model="noop" if self.noop else "model")
         group = f"bench-{self.run_id}-{output}"
         with self.system(name, backlog, output, group=group, model=model, **settings):
             await self.wait_consumed(group, backlog, timeout_s=events / (500 if model == TABULAR else 20) + 120)
         rows = await self.collect(output)
         run.received, run.unique = len(rows), len({row[0] for row in rows})
         run.events_per_s = steady_rate(sorted(row[2] for row in rows))
+        run.check()
         print(
             f"  {name:<22} {run.events_per_s:>9,.0f} ev/s  received {run.received}/{events} "
-            f"(duplicates {run.duplicates}) {settings or ''}",
+            f"(duplicates {run.duplicates}) {settings or ''} {'; '.join(run.problems)}",
             flush=True,
         )
         return run
+
+    async def latencies(
+        self, name: str, rates: dict[str, float], seconds: float, model: str = TABULAR, **settings: str
+    ) -> list[Run]:
+        """One start of ``name``, then each phase's load in turn (phase -> offered events/s), ``seconds`` each."""
+        source, output = self.topic(f"{name}-lat-in"), self.topic(f"{name}-lat-out")
+        await self.create(source)
+        await self.create(output, log_append_time=True)
+        group = f"bench-{self.run_id}-{output}"
+        runs = []
+        with self.system(name, source, output, group=group, model=model, **settings):
+            await self.produce(source, 50, prefix="warm-", model=model)
+            await self.wait_consumed(group, source, timeout_s=180)
+            for phase, rate in rates.items():
+                count = max(1, int(rate * seconds))
+                run = Run(name, count, offered_per_s=rate, settings=settings, output=output, phase=phase)
+                run.model = "noop" if self.noop else "model"
+                run.produced_per_s = await self.produce(source, count, rate=rate, prefix=f"{phase}-", model=model)
+                started_ms = self.last_started_ms
+                await self.wait_consumed(group, source, timeout_s=count / (500 if model == TABULAR else 20) + 60)
+                runs.append((run, started_ms))
+        measured = []
+        for run, started_ms in runs:
+            rows = await self.collect(output, prefix=f"{run.phase}-")
+            latencies = sorted(acked - produced for _, produced, acked in rows)
+            run.received, run.unique = len(rows), len({row[0] for row in rows})
+            if latencies:
+                run.latency_ms = {f"p{q}": percentile(latencies, q / 100) for q in (50, 95, 99)}
+                span_s = (max(row[2] for row in rows) - started_ms) / 1000
+                run.output_per_s = run.unique / span_s if span_s > 0 else 0.0
+            run.check()
+            print(
+                f"  {name:<22} {run.phase:<9} at {run.offered_per_s:>7,.0f} ev/s: "
+                f"p50 {run.latency_ms.get('p50', math.nan):.0f} ms p99 {run.latency_ms.get('p99', math.nan):.0f} ms"
+                f"  received {run.unique}/{run.events} {settings or ''} {'; '.join(run.problems)}",
+                flush=True,
+            )
+            measured.append(run)
+        return measured
 
     async def latency(self, name: str, rate: float, seconds: float, model: str = TABULAR, **settings: str) -> Run:
         source, output = self.topic(f"{name}-lat-in"), self.topic(f"{name}-lat-out")
@@ -356,41 +463,77 @@ def machine() -> str:
     )
 
 
+WAIT_VARIANT = "inference-worker (FLUSH_WHEN_INPUT_IDLE=false)"
+"""The worker as it batched before #14: every batch waits out MAX_WAIT_MS; measured at the low rate only."""
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     bench = Bench(args.bootstrap, workdir)
     systems = args.systems.split(",") if args.systems else list(SYSTEMS)
+    shuffle = random.Random(args.seed)
     report: dict[str, Any] = {
         "machine": machine(),
+        "command": " ".join(["python -m benchmarks.bench", *sys.argv[1:]]),
         "events": args.events,
         "partitions": PARTITIONS,
+        "repeats": args.repeats,
+        "seconds": args.seconds,
+        "low_rate": args.low_rate,
         "model": model_description(),
         "logs": str(workdir),
+        "runs": [],
     }
-
-    print(f"== throughput over a backlog of {args.events} events ({PARTITIONS} partitions)", flush=True)
-    backlog = bench.topic("backlog")
-    await bench.create(backlog)
-    await bench.produce(backlog, args.events)
-    runs = {name: await bench.throughput(name, backlog, args.events) for name in systems}
-    report["throughput"] = {name: asdict(run) | {"duplicates": run.duplicates} for name, run in runs.items()}
-
-    worker_max = runs["inference-worker"].events_per_s if "inference-worker" in runs else 5000.0
-    rate = round(worker_max * 0.5, -1)
-    print(f"== latency at {rate:,.0f} ev/s offered (50% of this worker's throughput), {args.seconds:.0f} s", flush=True)
-    latency = {name: await bench.latency(name, rate, args.seconds) for name in systems}
-    report["latency_at_half_load"] = {name: asdict(run) for name, run in latency.items()}
+    runs: list[Run] = report["runs"]
+    for cost in args.models.split(","):
+        bench.noop = cost == "noop"
+        print(
+            f"== {cost}: throughput over a backlog of {args.events} events, {args.repeats} shuffled rounds", flush=True
+        )
+        backlog = bench.topic(f"backlog-{cost}")
+        await bench.create(backlog)
+        await bench.produce(backlog, args.events)
+        for _ in range(args.repeats):
+            for name in shuffle.sample(systems, len(systems)):
+                runs.append(await bench.throughput(name, backlog, args.events))
+        maxima = {
+            name: median(
+                r.events_per_s for r in runs if r.model == cost and r.system == name and r.phase == "throughput"
+            )
+            for name in systems
+        }
+        print(
+            f"== {cost}: latency at 50% of each system's own median throughput and at {args.low_rate:,.0f} ev/s",
+            flush=True,
+        )
+        variants = [*systems, WAIT_VARIANT] if "inference-worker" in systems and cost == "model" else systems
+        for _ in range(args.repeats):
+            for name in shuffle.sample(variants, len(variants)):
+                if name == WAIT_VARIANT:
+                    wait = {"FLUSH_WHEN_INPUT_IDLE": "false"}
+                    for run in await bench.latencies(
+                        "inference-worker", {"low-rate": args.low_rate}, args.seconds, **wait
+                    ):
+                        run.system = WAIT_VARIANT
+                        runs.append(run)
+                    continue
+                rates = {"low-rate": args.low_rate}
+                if maxima[name]:
+                    rates["half-load"] = round(maxima[name] * 0.5, -1)
+                runs.extend(await bench.latencies(name, rates, args.seconds))
+    bench.noop = False
+    report["summary"] = summarise(runs)
 
     compute_256 = model_compute_ms(256)
-    typical = latency.get("inference-worker")
     report["model_compute_ms"] = {"batch_256": compute_256, "batch_1": model_compute_ms(1)}
     report["model_device"] = str(pick_device("auto"))
     report["model_only_events_per_s"] = 256 / compute_256 * 1000
-    report["latency_target_ms"] = WORKER_MAX_WAIT_MS + 2 * compute_256 + 20
-    if typical and typical.latency_ms:
-        report["latency_target_met"] = typical.latency_ms["p99"] <= report["latency_target_ms"]
 
     if not args.quick and "inference-worker" in systems:
+        worker_max = report["summary"]["model"]["throughput"]["inference-worker"]["median"]
+        backlog = bench.topic("backlog-sweep")
+        await bench.create(backlog)
+        await bench.produce(backlog, args.events)
         print("== this worker: throughput against MAX_BATCH_SIZE", flush=True)
         sweep = {}
         for size in (1, 16, 64, 256, 1024):
@@ -398,18 +541,58 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await bench.throughput("inference-worker", backlog, args.events, MAX_BATCH_SIZE=str(size))
             ).events_per_s
         report["throughput_vs_max_batch_size"] = sweep
-        print("== this worker: latency against offered load", flush=True)
-        loads = {}
-        for share in (0.1, 0.25, 0.5, 0.75, 0.9):
-            run = await bench.latency("inference-worker", round(worker_max * share, -1), args.seconds)
-            loads[share] = {"offered_per_s": run.offered_per_s, **run.latency_ms}
+        print("== every system: latency against offered load, up to its own saturation", flush=True)
+        loads: dict[str, list[dict[str, Any]]] = {}
+        for name in systems:
+            own_max = report["summary"]["model"]["throughput"][name]["median"]
+            shares = {f"{share:.0%}": round(own_max * share, -1) for share in (0.25, 0.75, 0.9)}
+            for run in await bench.latencies(name, shares, args.seconds):
+                loads.setdefault(name, []).append(
+                    {"offered_per_s": run.offered_per_s, **run.latency_ms, "problems": run.problems}
+                )
         report["latency_vs_load"] = loads
         print("== this worker: 1 against 2 replicas", flush=True)
         two = await bench.throughput("inference-worker", backlog, args.events, REPLICAS="2")
         report["replicas"] = {"1": worker_max, "2": two.events_per_s}
     if args.text_events:
         report["text"] = await text_workload(bench, systems, args)
+    report["failed_runs"] = [asdict(run) for run in runs if run.failed]
+    report["runs"] = [asdict(run) | {"duplicates": run.duplicates} for run in runs]
     return report
+
+
+def median(values: Any) -> float:
+    ordered = list(values)
+    return statistics.median(ordered) if ordered else 0.0
+
+
+def spread(values: list[float]) -> list[float]:
+    return [min(values), max(values)] if values else []
+
+
+def summarise(runs: list[Run]) -> dict[str, Any]:
+    """Per model cost, phase and system: the median and spread (min, max) of its runs, with each run's problems."""
+    summary: dict[str, Any] = {}
+    for run in runs:
+        group = summary.setdefault(run.model, {}).setdefault(run.phase, {})
+        entry = group.setdefault(
+            run.system, {"values": [], "p50": [], "p99": [], "offered": [], "problems": [], "marked": 0}
+        )
+        entry["marked"] += bool(run.problems)
+        entry["values"].append(run.events_per_s)
+        entry["offered"].append(run.offered_per_s)
+        if run.latency_ms:
+            entry["p50"].append(run.latency_ms["p50"])
+            entry["p99"].append(run.latency_ms["p99"])
+        entry["problems"] += run.problems
+    for phases in summary.values():
+        for systems in phases.values():
+            for entry in systems.values():
+                entry["runs"] = len(entry["values"])
+                entry["median"], entry["spread"] = median(entry["values"]), spread(entry["values"])
+                for q in ("p50", "p99"):
+                    entry[f"{q}_median"], entry[f"{q}_spread"] = median(entry[q]), spread(entry[q])
+    return summary
 
 
 async def text_workload(bench: Bench, systems: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -522,29 +705,35 @@ def write_outputs(report: dict[str, Any], out: Path) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    throughput, latency = report["throughput"], report["latency_at_half_load"]
     lines = [
         "# Benchmark results",
         "",
         f"Machine: {report['machine']}. Model: {report['model']}. {report['events']} events, "
-        f"{report['partitions']} partitions; every system ran alone, one after another, in one run "
-        "(`make bench`). Latency (p50/p95/p99, at 50% of this worker's throughput) is the broker's "
-        "acknowledgement of the result minus the event's time. One run on a 2-core machine shared with "
-        "the broker and the load generator: repeated runs vary by tens of percent in throughput and far "
-        "more in tail latency.",
-        "",
-        *systems_table(throughput, latency),
+        f"{report['partitions']} partitions, {report['repeats']} rounds, each running every system alone in "
+        f"a new shuffled order; medians with the spread (min-max) of the rounds. Command: `{report['command']}`. "
+        "Every system gets the same producer settings (acks=all, linger 5 ms, 1 MiB batches, no compression, "
+        "idempotent where the client has the switch) and commits about once a second. Latency (p50/p99) is "
+        "the broker's acknowledgement of the result minus the event's time, measured at 50% of each system's "
+        f"own median throughput and at one shared low rate ({report['low_rate']:,.0f} ev/s), "
+        f"{report['seconds']:.0f} s each; a row is marked where the offered rate was not reached or the "
+        "outputs fell behind it. The machine (2 cores) is shared with the broker and the load generator, "
+        "and here also with other developers: runs vary by tens of percent in throughput and more in tail latency.",
     ]
-    worker = throughput.get("inference-worker", {}).get("events_per_s") or 0.0
-    rate = next((run["offered_per_s"] for run in latency.values()), 0.0)
+    for cost, phases in report["summary"].items():
+        title = "the model" if cost == "model" else "the no-op model (same outputs, no forward: framework cost only)"
+        lines += ["", f"## With {title}", "", *summary_table(phases)]
+    failed = report.get("failed_runs", [])
     lines += [
         "",
-        f"Offered load for latency: {rate:,.0f} events/s. Model compute: "
-        f"{report['model_compute_ms']['batch_256']:.2f} ms per batch of 256, "
-        f"{report['model_compute_ms']['batch_1']:.3f} ms per single event, on {report.get('model_device', 'cpu')}. "
-        f"Latency target (max_wait + 2 x batch compute + 20 ms): {report['latency_target_ms']:.1f} ms"
-        + (f", met: {report['latency_target_met']}." if "latency_target_met" in report else "."),
+        f"Runs whose counts in and out differ: {len(failed)}" + (" (the benchmark FAILED)." if failed else "."),
     ]
+    compute = report["model_compute_ms"]
+    lines += [
+        "",
+        f"Model compute: {compute['batch_256']:.2f} ms per batch of 256, {compute['batch_1']:.3f} ms per single "
+        f"event, on {report.get('model_device', 'cpu')}.",
+    ]
+    worker = report["summary"].get("model", {}).get("throughput", {}).get("inference-worker", {}).get("median", 0.0)
     if "model_only_events_per_s" in report:
         model_only = report["model_only_events_per_s"]
         lines += [
@@ -589,6 +778,46 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_table(phases: dict[str, Any]) -> list[str]:
+    throughput = phases.get("throughput", {})
+    worker = throughput.get("inference-worker", {}).get("median", 0.0)
+    rows = [
+        "| system | events/s, median (spread) | this worker is | p50 / p99 ms at 50% of own max (rate) "
+        "| p50 / p99 ms at the low rate | marks |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = sorted({*throughput, *phases.get("low-rate", {})}, key=lambda n: (not n.startswith("inference-worker"), n))
+    for name in names:
+        run = throughput.get(name)
+        half, low = phases.get("half-load", {}).get(name), phases.get("low-rate", {}).get(name)
+        marked = sum(entry.get("marked", 0) for entry in (run, half, low) if entry)
+        runs = sum(entry["runs"] for entry in (run, half, low) if entry)
+        marks = sorted(
+            {*(run or {}).get("problems", []), *(half or {}).get("problems", []), *(low or {}).get("problems", [])}
+        )
+        rate = "n/a"
+        ratio = "n/a"
+        if run:
+            low_, high = run["spread"]
+            rate = f"{run['median']:,.0f} ({low_:,.0f}-{high:,.0f})"
+            ratio = f"{worker / run['median']:.2f}x" if run["median"] else "n/a"
+        rows.append(
+            f"| {name} | {rate} | {ratio} | {latency_cell(half, with_rate=True)} | {latency_cell(low)} | "
+            f"{f'{marked} of {runs} runs: ' + '; '.join(marks) if marks else 'ok'} |"
+        )
+    return rows
+
+
+def latency_cell(entry: dict[str, Any] | None, with_rate: bool = False) -> str:
+    if not entry or not entry["p50"]:
+        return "n/a"
+    p50, p99 = entry["p50_spread"], entry["p99_spread"]
+    cell = (
+        f"{entry['p50_median']:.0f} ({p50[0]:.0f}-{p50[1]:.0f}) / {entry['p99_median']:.0f} ({p99[0]:.0f}-{p99[1]:.0f})"
+    )
+    return f"{cell} at {median(entry['offered']):,.0f}/s" if with_rate else cell
+
+
 def systems_table(throughput: dict[str, Any], latency: dict[str, Any], unit: str = "events/s") -> list[str]:
     worker = throughput.get("inference-worker", {}).get("events_per_s") or 0.0
     rows = [
@@ -624,16 +853,51 @@ def plots(report: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "throughput_vs_batch_size.png", dpi=100)
         plt.close(fig)
-    if "latency_vs_load" in report:
-        loads = report["latency_vs_load"]
-        offered = [v["offered_per_s"] for v in loads.values()]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for q in ("p50", "p95", "p99"):
-            ax.plot(offered, [v.get(q) for v in loads.values()], marker="o", label=q)
-        ax.set_xlabel("offered load, events/s")
-        ax.set_ylabel("end-to-end latency, ms")
-        ax.set_title("Latency against offered load")
+    summary = report.get("summary", {})
+    if summary:
+        costs = list(summary)
+        names = list(next(iter(summary.values())).get("throughput", {}))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.8 / max(1, len(costs))
+        for index, cost in enumerate(costs):
+            entries = [summary[cost].get("throughput", {}).get(name, {}) for name in names]
+            medians = [entry.get("median", 0.0) for entry in entries]
+            errors = [
+                [m - entry.get("spread", [m, m])[0] for m, entry in zip(medians, entries, strict=True)],
+                [entry.get("spread", [m, m])[1] - m for m, entry in zip(medians, entries, strict=True)],
+            ]
+            positions = [n + index * width for n in range(len(names))]
+            ax.bar(
+                positions, medians, width, yerr=errors, capsize=3, label="no-op model" if cost == "noop" else "model"
+            )
+        ax.set_xticks([n + width * (len(costs) - 1) / 2 for n in range(len(names))], names, rotation=20, ha="right")
+        ax.set_ylabel("events/s (median, min-max)")
+        ax.set_title("Throughput per system and model cost")
         ax.legend()
+        ax.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "throughput_per_system.png", dpi=100)
+        plt.close(fig)
+        # Latency against offered load, per system, up to its own saturation: every latency run of the real model.
+        points: dict[str, list[tuple[float, float]]] = {}
+        for run in report.get("runs", []):
+            if run["model"] == "model" and run["phase"] != "throughput" and run["latency_ms"]:
+                points.setdefault(run["system"], []).append((run["offered_per_s"], run["latency_ms"]["p99"]))
+        for name, loads in report.get("latency_vs_load", {}).items():
+            points.setdefault(name, []).extend((load["offered_per_s"], load["p99"]) for load in loads if "p99" in load)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, xy in points.items():
+            by_rate: dict[float, list[float]] = {}
+            for x, y in xy:
+                by_rate.setdefault(x, []).append(y)
+            rates = sorted(by_rate)  # the median p99 of the runs at each offered rate
+            ax.plot(rates, [median(by_rate[x]) for x in rates], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered load, events/s")
+        ax.set_ylabel("p99 end-to-end latency, ms (median of runs)")
+        ax.set_title("p99 latency against offered load (each up to its own saturation)")
+        ax.legend(fontsize=7)
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "latency_vs_load.png", dpi=100)
@@ -642,11 +906,28 @@ def plots(report: dict[str, Any], out: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    local = f"127.0.0.1:{os.environ.get('KAFKA_LOCAL_PORT', '9092')}"  # make kafka-up's broker
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", local))
     parser.add_argument("--events", type=int, default=60000)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each latency run")
     parser.add_argument("--systems", default="", help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    parser.add_argument("--quick", action="store_true", help="only the per-system throughput and latency")
+    parser.add_argument(
+        "--quick", action="store_true", help="only the per-system throughput and latency (no sweeps, no replicas)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds, each running every system in a new shuffled order"
+    )
+    parser.add_argument("--models", default="model,noop", help="model costs: model (the real forward), noop (none)")
+    parser.add_argument(
+        "--low-rate", type=float, default=1000.0, help="the shared latency rate, below every system's max"
+    )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        help="only rewrite RESULTS.md and the plots in --out from this results.json",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="the shuffle's seed (default: a new order each time)")
     parser.add_argument("--text-events", type=int, default=2000, help="texts for the embedding workload (0: skip it)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks")
     parser.add_argument("--formats", action="store_true", help="only Avro in and out against JSON (formats.json)")
@@ -657,10 +938,19 @@ if __name__ == "__main__":
         help="--formats: the Schema Registry (Confluent API); make bench-formats starts the local one",
     )
     arguments = parser.parse_args()
-    if arguments.formats:
+    if arguments.replot:
+        saved = json.loads(arguments.replot.read_text())
+        saved["summary"] = summarise(
+            [Run(**{k: v for k, v in run.items() if k != "duplicates"}) for run in saved["runs"]]
+        )
+        write_outputs(saved, arguments.out)
+    elif arguments.formats:
         formats = asyncio.run(formats_workload(arguments))
         arguments.out.mkdir(parents=True, exist_ok=True)
         (arguments.out / "formats.json").write_text(json.dumps(formats, indent=2) + "\n")
         print(f"wrote {arguments.out / 'formats.json'}", flush=True)
     else:
-        write_outputs(asyncio.run(main(arguments)), arguments.out)
+        report = asyncio.run(main(arguments))
+        write_outputs(report, arguments.out)
+        if report["failed_runs"]:
+            sys.exit(f"FAILED: {len(report['failed_runs'])} runs whose counts in and out differ (see results.json)")

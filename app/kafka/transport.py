@@ -89,6 +89,11 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         False: it was routed before a seek and its records will be read again."""
         return self._queued.pop(id(batch), None) is not None
 
+    def batches_waiting(self) -> int:
+        """Batches routed to an agent and not yet taken: 0 means the agent has all the input there is
+        for now (records still on their way from the broker are not counted)."""
+        return len(self._queued)
+
     def on_assignment(self) -> None:
         """A rebalance assigned partitions: route nothing until ``perform_seek``."""
         self._seek_pending = True

@@ -3,8 +3,12 @@
 A plain asyncio component with no Kafka or Faust in it. ``submit`` queues one item and
 returns a future; a single loop forms batches that close at ``max_batch_size`` items or
 ``max_wait_s`` after the first item's arrival, whichever comes first, and calls the handler
-once per batch (``on_batch`` hears each batch's queue waits first). Every future gets exactly
-one outcome:
+once per batch (``on_batch`` hears each batch's queue waits first). ``flush()`` says that no more
+items are coming for now (the input has nothing buffered): the batch being collected closes at
+once with what is queued, instead of waiting out ``max_wait_s``, as Triton's dynamic batcher and
+Ray Serve's batch queue do when their queue runs dry. Items submitted after a flush wait as usual,
+so under load (input still buffered, no flush) batches fill up to ``max_batch_size``. Every
+future gets exactly one outcome:
 
 - the handler's output for that item, with the size of the batch it rode in;
 - or, when the handler keeps raising, a ``ModelError``. A failing batch is retried
@@ -75,6 +79,11 @@ class MicroBatcher(Generic[T, R]):
         self._on_batch = on_batch
         self._scope = scope
         self._queue: deque[_Pending[T, R]] = deque()
+        self._submitted = 0
+        """Items ever queued; ``_taken`` of them left the queue in batches."""
+        self._taken = 0
+        self._flushed = 0
+        """``_submitted`` at the last ``flush()``: the items up to it close their batch without waiting."""
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -106,8 +115,16 @@ class MicroBatcher(Generic[T, R]):
         else:
             pending = zip(items, futures, tags, strict=True)
             self._queue.extend(_Pending(item, future, now, tag) for item, future, tag in pending)
+        self._submitted += len(futures)
         self._wakeup.set()
         return futures
+
+    def flush(self) -> None:
+        """No more items are coming for now: close the batch being collected with the items queued so
+        far (up to ``max_batch_size`` each) without waiting for ``max_wait_s``."""
+        if self._flushed != self._submitted:
+            self._flushed = self._submitted
+            self._wakeup.set()
 
     async def _run_forever(self) -> None:
         while True:
@@ -123,7 +140,7 @@ class MicroBatcher(Generic[T, R]):
     async def _collect(self) -> list[_Pending[T, R]]:
         loop = asyncio.get_running_loop()
         deadline = self._queue[0].arrived + self._max_wait_s
-        while len(self._queue) < self._max_batch_size and not self._closing:
+        while len(self._queue) < self._max_batch_size and not self._closing and self._flushed <= self._taken:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -133,6 +150,7 @@ class MicroBatcher(Generic[T, R]):
             except TimeoutError:
                 break
         size = min(len(self._queue), self._max_batch_size)
+        self._taken += size
         return [self._queue.popleft() for _ in range(size)]
 
     async def _dispatch(self, batch: list[_Pending[T, R]]) -> None:

@@ -6,7 +6,8 @@
 
 ``submit_many`` admits records (``admission``) and hands each admitted input to the micro-batchers
 of the version that serves it and of its shadow versions, waiting while ``max_in_flight`` records
-are unacknowledged: backpressure instead of unbounded memory. The emitter awaits each input's
+are unacknowledged: backpressure instead of unbounded memory. ``input_idle`` says the input has
+nothing more buffered, so the batchers need not wait for more (FLUSH_WHEN_INPUT_IDLE). The emitter awaits each input's
 outcome in order and builds its outputs (``outputs``); the confirmer waits until the broker
 acknowledges each, re-sending on failure; the acker then acks the inputs, once the statistics have
 them too, so their offsets can be committed. ``stage_metrics`` measures at these boundaries.
@@ -187,6 +188,13 @@ class InferencePipeline:
             if self._cache is not None:
                 self._stage_metrics.on_cache_lookups(admissions)
             self._to_emit.put_nowait(self._batch(chunk, admissions))
+
+    def input_idle(self) -> None:
+        """The input has nothing more buffered: with FLUSH_WHEN_INPUT_IDLE, the batches being collected
+        close now with what they hold instead of waiting out MAX_WAIT_MS for more records."""
+        if self._batching.flush_when_input_idle:
+            for batcher in self._batchers.values():
+                batcher.flush()
 
     async def drain(self) -> None:
         """Wait until every submitted record is delivered and acked."""

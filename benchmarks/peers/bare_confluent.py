@@ -1,13 +1,24 @@
-"""The bare confluent-kafka ceiling (librdkafka): consume, one batched forward, produce, flush, commit."""
+"""The bare confluent-kafka ceiling (librdkafka): wait for one record, take what else is buffered
+without waiting, one batched forward per 256 records, produce; about once a second flush the producer
+and commit what was consumed (at least once, as the worker)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from app.records.events import SourceRef
-from benchmarks.peers.common import MAX_BATCH_SIZE, arguments, decode, load_runner, result_bytes
+from benchmarks.peers.common import (
+    COMMIT_INTERVAL_S,
+    LIBRDKAFKA_PRODUCER,
+    MAX_BATCH_SIZE,
+    arguments,
+    decode,
+    load_runner,
+    result_bytes,
+)
 
 
 def main() -> None:
@@ -21,7 +32,7 @@ def main() -> None:
             "enable.auto.commit": False,
         }
     )
-    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5, "acks": "all"})
+    producer = Producer({"bootstrap.servers": args.bootstrap, **LIBRDKAFKA_PRODUCER})
     failures: list[Any] = []
 
     def delivered(error: Any, _message: Any) -> None:
@@ -29,11 +40,13 @@ def main() -> None:
             failures.append(error)
 
     consumer.subscribe([args.input])
+    uncommitted = False
+    last_commit = time.monotonic()
     try:
         while True:
-            records = [m for m in consumer.consume(2000, timeout=0.1) if m.error() is None]
-            if not records:
-                continue
+            first = consumer.poll(0.1)
+            records = [] if first is None else [first, *consumer.consume(1999, timeout=0)]
+            records = [m for m in records if m.error() is None]
             for start in range(0, len(records), MAX_BATCH_SIZE):
                 chunk = records[start : start + MAX_BATCH_SIZE]
                 events = [decode(m.value(), m.topic(), m.partition(), m.offset()) for m in chunk]
@@ -42,11 +55,14 @@ def main() -> None:
                     source = SourceRef(message.topic(), message.partition(), message.offset())
                     value = result_bytes(runner, event, output, len(chunk), source)
                     producer.produce(args.output, value, key=message.key(), on_delivery=delivered)
-                    producer.poll(0)
-            producer.flush()
-            if failures:
-                raise KafkaException(failures[0])
-            consumer.commit(asynchronous=False)
+                producer.poll(0)
+            uncommitted = uncommitted or bool(records)
+            if uncommitted and time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+                producer.flush()
+                if failures:
+                    raise KafkaException(failures[0])
+                consumer.commit(asynchronous=False)
+                uncommitted, last_commit = False, time.monotonic()
     finally:
         consumer.close()
 

@@ -1,8 +1,12 @@
-"""What every peer shares: arguments, the model, and building one result."""
+"""What every peer shares: arguments, the model, building one result, and the Kafka settings every
+system gets alike (the worker's own: acks=all, linger 5 ms, 1 MiB batches, no compression, idempotent
+producer, offsets committed about once a second)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -15,6 +19,28 @@ from app.records.results import build_result, encode_result
 from app.settings import REPO_ROOT
 
 MAX_BATCH_SIZE = 256
+MAX_WAIT_S = 0.010
+"""The worker's MAX_WAIT_MS: the longest a loop may wait for more records before it predicts."""
+COMMIT_INTERVAL_S = 1.0
+"""The worker's faust broker_commit_interval."""
+AIOKAFKA_PRODUCER: dict[str, Any] = {
+    "acks": "all",
+    "linger_ms": 5,
+    "max_batch_size": 1 << 20,
+    "compression_type": None,
+    "enable_idempotence": True,
+}
+"""The worker's output producer settings (app.kafka.producer), for every aiokafka-based system."""
+LIBRDKAFKA_PRODUCER: dict[str, Any] = {
+    "acks": "all",
+    "linger.ms": 5,
+    "batch.size": 1 << 20,
+    "compression.type": "none",
+    "enable.idempotence": True,
+}
+"""The same settings for the librdkafka-based systems (confluent-kafka, Quix Streams)."""
+NOOP_MODEL_ENV = "BENCH_NOOP_MODEL"
+"""Set to 1: every system answers with the model's output for a fixed input and runs no forward."""
 
 
 def arguments(description: str) -> argparse.Namespace:
@@ -27,7 +53,25 @@ def arguments(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def noop_model() -> None:
+    """Replace ``ModelRunner.predict`` in this process by one that runs no forward: each model's output
+    for its first input is computed once and returned for every row, so results have the same fields
+    and size and only the model's cost is gone (framework cost against model cost)."""
+    forward = ModelRunner.predict
+    answers: dict[Any, ModelOutput] = {}
+
+    def predict(self: ModelRunner, rows: Sequence[Any]) -> list[ModelOutput]:
+        answer = answers.get(self.key)
+        if answer is None:
+            answer = answers[self.key] = forward(self, rows[:1])[0]
+        return [answer] * len(rows)
+
+    ModelRunner.predict = predict  # type: ignore[method-assign]
+
+
 def load_runner(name: str = "breast-cancer") -> ModelRunner:
+    if os.environ.get(NOOP_MODEL_ENV) == "1":
+        noop_model()
     torch.set_num_threads(1)
     runner = ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), name, "latest", torch.device("cpu"))
     runner.warm_up(MAX_BATCH_SIZE)  # as the worker does before it takes traffic

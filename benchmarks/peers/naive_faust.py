@@ -10,20 +10,11 @@ from faust.worker import Worker
 
 from app.records.events import SourceRef
 from benchmarks.peers.common import arguments, decode, load_runner, result_bytes
+from benchmarks.peers.faust_app import faust_app
 
 args = arguments(__doc__ or "")
 runner = load_runner(args.model)
-app = faust.App(
-    args.group,
-    broker=f"kafka://{args.bootstrap}",
-    web_enabled=False,
-    consumer_auto_offset_reset="earliest",
-    datadir=f"/tmp/bench-{args.group}",
-    key_serializer="raw",
-    value_serializer="raw",
-)
-source_topic = app.topic(args.input, key_serializer="raw", value_serializer="raw")
-output_topic = app.topic(args.output, key_serializer="raw", value_serializer="raw")
+app, source_topic, output_topic = faust_app(args)
 
 
 @app.agent(source_topic)

@@ -7,7 +7,7 @@ from typing import Any
 from quixstreams import Application, message_context
 
 from app.records.events import SourceRef
-from benchmarks.peers.common import arguments, decode, load_runner, result_dict
+from benchmarks.peers.common import COMMIT_INTERVAL_S, LIBRDKAFKA_PRODUCER, arguments, decode, load_runner, result_dict
 
 args = arguments(__doc__ or "")
 runner = load_runner(args.model)
@@ -17,6 +17,8 @@ app = Application(
     auto_offset_reset="earliest",
     loglevel="WARNING",
     use_changelog_topics=False,
+    commit_interval=COMMIT_INTERVAL_S,
+    producer_extra_config=LIBRDKAFKA_PRODUCER,
 )
 source_topic = app.topic(args.input, value_deserializer="bytes", key_deserializer="bytes")
 output_topic = app.topic(args.output, value_serializer="json", key_serializer="bytes")

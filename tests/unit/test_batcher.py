@@ -1,4 +1,4 @@
-"""The micro-batching core, with no broker: flush on size and time, one outcome per item, isolation."""
+"""The micro-batching core, with no broker: flush on size, time and an idle input; one outcome per item; isolation."""
 
 from __future__ import annotations
 
@@ -127,6 +127,96 @@ async def test_stop_finishes_queued_items_and_refuses_new_ones() -> None:
     assert all(future.done() for future in futures)
     with pytest.raises(RuntimeError):
         batcher.submit(6)
+
+
+class GatedHandler(RecordingHandler):
+    """Holds each batch until the test opens the gate: the model is busy meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.started.set()
+        await self.gate.wait()
+        return await super().__call__(items)
+
+
+async def test_a_flush_closes_a_partial_batch_without_waiting_for_max_wait() -> None:
+    handler = RecordingHandler()
+    batcher = MicroBatcher(handler, max_batch_size=100, max_wait_s=60.0)
+    batcher.start()
+    futures = batcher.submit_many([1, 2, 3])
+    batcher.flush()
+    results = await asyncio.wait_for(asyncio.gather(*futures), timeout=5)  # not 60 s
+    assert handler.batches == [[1, 2, 3]]
+    assert [r.batch_size for r in results] == [3, 3, 3]
+    await batcher.stop()
+
+
+async def test_flushed_items_beyond_the_batch_size_go_in_full_batches_without_waiting() -> None:
+    handler = RecordingHandler()
+    batcher = MicroBatcher(handler, max_batch_size=4, max_wait_s=60.0)
+    batcher.start()
+    futures = batcher.submit_many(list(range(10)))
+    batcher.flush()
+    await asyncio.wait_for(asyncio.gather(*futures), timeout=5)
+    assert handler.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    await batcher.stop()
+
+
+async def test_items_after_a_flush_wait_to_fill_a_batch_as_usual() -> None:
+    """Under load nothing is flushed, and batches still fill up to max_batch_size."""
+    handler = GatedHandler()
+    batcher = MicroBatcher(handler, max_batch_size=4, max_wait_s=60.0)
+    batcher.start()
+    first = batcher.submit_many([0])
+    batcher.flush()
+    await asyncio.wait_for(handler.started.wait(), timeout=5)  # [0] is in the model
+    later = batcher.submit_many([1, 2])  # no flush: more input is on its way
+    handler.gate.set()
+    await asyncio.wait_for(asyncio.gather(*first), timeout=5)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert handler.batches == [[0]]  # [1, 2] waits for the batch to fill (or for max_wait_s)
+    later += batcher.submit_many([3, 4, 5])
+    results = await asyncio.wait_for(asyncio.gather(*later[:4]), timeout=5)
+    assert handler.batches == [[0], [1, 2, 3, 4]]
+    assert {r.batch_size for r in results} == {4}
+    assert not later[4].done()  # 5 waits for more, or for max_wait_s
+    await batcher.stop()
+
+
+async def test_items_flushed_while_the_model_is_busy_go_together_as_soon_as_it_is_free() -> None:
+    handler = GatedHandler()
+    batcher = MicroBatcher(handler, max_batch_size=100, max_wait_s=60.0)
+    batcher.start()
+    futures = batcher.submit_many([0])
+    batcher.flush()
+    await asyncio.wait_for(handler.started.wait(), timeout=5)
+    futures += batcher.submit_many([1])
+    futures += batcher.submit_many([2])
+    batcher.flush()
+    handler.gate.set()
+    await asyncio.wait_for(asyncio.gather(*futures), timeout=5)
+    assert handler.batches == [[0], [1, 2]]
+    await batcher.stop()
+
+
+async def test_a_flush_with_nothing_queued_changes_nothing() -> None:
+    handler = RecordingHandler()
+    batcher = MicroBatcher(handler, max_batch_size=2, max_wait_s=60.0)
+    batcher.start()
+    batcher.flush()
+    futures = batcher.submit_many([1])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert handler.batches == []  # the earlier flush does not cover items submitted after it
+    futures += batcher.submit_many([2])
+    await asyncio.wait_for(asyncio.gather(*futures), timeout=5)
+    assert handler.batches == [[1, 2]]
+    await batcher.stop()
 
 
 @pytest.mark.parametrize(("size", "wait", "retries"), [(0, 1.0, 0), (1, -1.0, 0), (1, 1.0, -1)])

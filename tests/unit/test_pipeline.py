@@ -168,6 +168,29 @@ async def test_results_carry_the_model_version_and_batch(catalog: ModelCatalog, 
     await pipeline.stop()
 
 
+@pytest.mark.parametrize("flush_when_input_idle", [True, False])
+async def test_an_idle_input_closes_the_batch_only_when_set_to(
+    catalog: ModelCatalog, runner: Runner, flush_when_input_idle: bool
+) -> None:
+    max_wait_s = 60.0 if flush_when_input_idle else 0.3
+    producer = ManualProducer()
+    pipeline = new_pipeline(
+        catalog, producer, max_wait_ms=max_wait_s * 1000, flush_when_input_idle=flush_when_input_idle
+    )
+    pipeline.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await pipeline.submit_many([(record(offset, runner), lambda: None) for offset in range(3)])
+    pipeline.input_idle()
+    await wait_until(lambda: len(producer.sent) == 3)  # within 5 s: not after a minute when flushing
+    if not flush_when_input_idle:
+        assert loop.time() - started >= max_wait_s  # the batch waited out MAX_WAIT_MS
+    assert {orjson.loads(r.value or b"")["batch_size"] for r in producer.sent} == {3}
+    for delivery in producer.deliveries:
+        delivery.set_result(None)
+    await pipeline.stop()
+
+
 class AckingProducer(ManualProducer):
     """A broker that acknowledges every record at once."""
 
