@@ -173,16 +173,20 @@ down() {
     say "already down"
     return 0
   fi
-  local pid
-  pid=$(cat "$pidfile")
-  kill -TERM "$pid"
-  for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.5
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  stop_process "$(cat "$pidfile")" TERM 60
   rm -f "$pidfile"
   say "down"
+}
+
+# Send SIGNAL to PID, wait up to WAIT half-seconds for it to exit, then SIGKILL it.
+stop_process() {
+  local pid=$1 signal=$2 wait=$3
+  kill "-$signal" "$pid"
+  for _ in $(seq 1 "$wait"); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.5
+  done
+  kill -KILL "$pid" 2>/dev/null || true
 }
 
 status() {
@@ -266,20 +270,14 @@ node_start() {
 
 # SIGTERM: a controlled shutdown (leadership moves away first), which can take a while; SIGKILL: a crash.
 node_stop() {
-  local i=$1 signal=$2 dir pid
+  local i=$1 signal=$2 dir
   dir=$(node_dir "$i")
   if ! node_alive "$i"; then
     rm -f "$dir/kafka.pid"
     say "node $i already down"
     return 0
   fi
-  pid=$(cat "$dir/kafka.pid")
-  kill "-$signal" "$pid"
-  for _ in $(seq 1 120); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.5
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  stop_process "$(cat "$dir/kafka.pid")" "$signal" 120
   rm -f "$dir/kafka.pid"
   say "node $i down ($signal)"
 }

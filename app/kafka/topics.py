@@ -143,12 +143,12 @@ async def _admin(bootstrap_servers: str, config: Mapping[str, Any]) -> AsyncIter
 async def _create(admin: AIOKafkaAdminClient, missing: list[NewTopic]) -> None:
     response = await admin.create_topics(missing)
     for topic, code, *_ in response.topic_errors:
-        # Another replica or tool may have created it meanwhile: that is fine.
         if code and for_code(code) is InvalidReplicationFactorError:
             raise ConfigError(
                 f"cannot create topic {topic!r} with {missing[0].replication_factor} replicas: fewer brokers are up; "
                 "start the missing brokers or lower TOPIC_REPLICATION_FACTOR"
             )
+        # Another replica or tool may have created it meanwhile: that is fine.
         if code and for_code(code) is not TopicAlreadyExistsError:
             raise for_code(code)(f"cannot create topic {topic!r}")
     first = missing[0]

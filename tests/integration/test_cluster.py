@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,29 @@ def event_id(output: Output) -> str:
     return identity
 
 
+@dataclass
+class BusiestLeaderKilled:
+    """SIGKILL the broker leading the most input and output partitions ``kill_at_s`` into the stream;
+    start it again at ``back_at_s``."""
+
+    cluster: Cluster
+    names: Names
+    kill_at_s: float
+    back_at_s: float
+    victim: int = 0
+
+    def __call__(self, started: float) -> None:
+        at(self.kill_at_s, started)
+        topics = (self.names.input_topic, self.names.output_topic)
+        self.victim = self.cluster.leaders(topics).most_common(1)[0][0]
+        self.cluster.node("kill", self.victim)
+        at(self.back_at_s, started)
+        self.cluster.node("start", self.victim)
+
+    def __str__(self) -> str:
+        return f"node {self.victim} killed at {self.kill_at_s:.0f} s, back at {self.back_at_s:.0f} s"
+
+
 def streamed(
     cluster: Cluster, names: Names, worker: WorkerProcess, seconds: float, during: Callable[[float], None]
 ) -> Stream:
@@ -102,21 +126,12 @@ def test_leader_loss_under_load_loses_nothing_and_keeps_order(cluster: Cluster, 
             internal = [name for name in replication if name not in names.topics]
             assert internal, f"faust's internal topics missing: {replication}"
             assert set(replication.values()) == {3}, replication
-            victim = 0
-
-            def kill_the_busiest_leader(started: float) -> None:
-                nonlocal victim
-                at(10, started)
-                victim = cluster.leaders((names.input_topic, names.output_topic)).most_common(1)[0][0]
-                cluster.node("kill", victim)
-                at(25, started)
-                cluster.node("start", victim)
-
-            stream = streamed(cluster, names, worker, 35, kill_the_busiest_leader)
+            outage = BusiestLeaderKilled(cluster, names, kill_at_s=10, back_at_s=25)
+            stream = streamed(cluster, names, worker, 35, outage)
             inputs, outputs = read_back(cluster, names, stream.sent)
             assert worker.process.poll() is None, "the worker must stay up"
         verdict = judge(inputs, outputs, event_id)
-        report(f"leader loss (node {victim} killed at 10 s, back at 25 s)", verdict)
+        report(f"leader loss ({outage})", verdict)
         assert verdict.events == stream.sent
         assert verdict.lost == 0
         assert verdict.order_violations == 0
@@ -179,25 +194,16 @@ def test_rolling_restart_loses_nothing_and_keeps_order(cluster: Cluster, names: 
 def test_exactly_once_across_a_broker_kill(cluster: Cluster, names: Names, tmp_path: Path) -> None:
     """PROCESSING_GUARANTEE=exactly_once: a read_committed consumer sees one output per event."""
     env = cluster_worker_env(cluster, names, tmp_path, PROCESSING_GUARANTEE="exactly_once")
-    victim = 0
+    outage = BusiestLeaderKilled(cluster, names, kill_at_s=8, back_at_s=20)
     try:
         with running_worker(env, tmp_path / "worker.log") as worker:
-
-            def kill_the_busiest_leader(started: float) -> None:
-                nonlocal victim
-                at(8, started)
-                victim = cluster.leaders((names.input_topic, names.output_topic)).most_common(1)[0][0]
-                cluster.node("kill", victim)
-                at(20, started)
-                cluster.node("start", victim)
-
-            stream = streamed(cluster, names, worker, 25, kill_the_busiest_leader)
+            stream = streamed(cluster, names, worker, 25, outage)
             inputs, outputs = read_back(cluster, names, stream.sent, isolation_level="read_committed")
             assert worker.process.poll() is None, "the worker must stay up"
     finally:
         cluster.restore()
     verdict = judge(inputs, outputs, event_id)
-    report(f"exactly-once, node {victim} killed at 8 s, back at 20 s", verdict)
+    report(f"exactly-once, {outage}", verdict)
     assert verdict.events == stream.sent
     assert verdict.lost == 0
     assert verdict.duplicates == 0
