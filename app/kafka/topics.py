@@ -57,10 +57,8 @@ async def ensure_worker_topics(settings: Settings) -> TopicLayout:
     """``ensure_topics`` for the topics of ``worker_topics``, with TOPIC_PARTITIONS,
     TOPIC_REPLICATION_FACTOR and the Kafka settings."""
     kafka, topics = settings.kafka, settings.topics
-    async with _admin(kafka.bootstrap_servers, client_config(kafka)) as admin:
-        factor = await replication_factor(admin, topics.replication_factor)
-        partitions = await _ensure(admin, list(worker_topics(topics)), topics.topic_partitions, factor)
-    return TopicLayout(partitions, factor)
+    names, partitions = worker_topics(topics), topics.topic_partitions
+    return await _layout(kafka.bootstrap_servers, names, partitions, topics.replication_factor, client_config(kafka))
 
 
 async def ensure_topics(
@@ -73,9 +71,15 @@ async def ensure_topics(
     request that names a missing topic makes a broker with auto.create.topics.enable create it, with
     the broker's default partition count. ``config``: more AIOKafkaAdminClient arguments
     (``app.kafka.security.client_config``)."""
+    return (await _layout(bootstrap_servers, names, partitions, replicas, config)).partitions
+
+
+async def _layout(
+    bootstrap_servers: str, names: Iterable[str], partitions: int, replicas: int | None, config: Mapping[str, Any]
+) -> TopicLayout:
     async with _admin(bootstrap_servers, config) as admin:
         factor = await replication_factor(admin, replicas)
-        return await _ensure(admin, list(names), partitions, factor)
+        return TopicLayout(await _ensure(admin, list(names), partitions, factor), factor)
 
 
 async def replication_factor(admin: AIOKafkaAdminClient, configured: int | None) -> int:

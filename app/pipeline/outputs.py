@@ -135,15 +135,7 @@ class Outputs:
             record.source,
             admitted.cached is not None,
         )
-        headers = carried(record.headers, self._propagated)
-        outbound = OutboundRecord(
-            self._topics.output_topic,
-            record.key,
-            self._encode(result),
-            headers,
-            source=record.source,
-            event_id=result["event_id"],
-        )
+        outbound = self._answer(self._topics.output_topic, self._encode, record, result)
         predicted = Predicted(
             record.source, ack, admitted.runner, admitted.event.event_time_ms, output, result["latency_ms"] / 1000.0
         )
@@ -173,13 +165,12 @@ class Outputs:
         record = admitted.record
         result = build_result(admitted.event, output.value, runner.metadata, output.batch_size, record.source)
         result["shadow"] = True
-        headers = carried(record.headers, self._propagated)
-        outbound = OutboundRecord(
-            self._topics.shadow_topic,
-            record.key,
-            self._encode_shadow(result),
-            headers,
-            source=record.source,
-            event_id=result["event_id"],
-        )
+        outbound = self._answer(self._topics.shadow_topic, self._encode_shadow, record, result)
         return ShadowResult(runner, record.source), outbound
+
+    def _answer(self, topic: str, encode: Encode, record: InboundRecord, result: dict[str, Any]) -> OutboundRecord:
+        """A result as the record for ``topic``: its input's key, and the input headers results carry."""
+        headers = carried(record.headers, self._propagated)
+        return OutboundRecord(
+            topic, record.key, encode(result), headers, source=record.source, event_id=result["event_id"]
+        )
