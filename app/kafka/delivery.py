@@ -69,10 +69,21 @@ class InOrderConfirmer(Generic[T]):
             group = await self._queue.get()
             for item, outbound, delivery in group:
                 self._waiting_since = time.monotonic()
-                await confirm(self._send, outbound, delivery, self._backoff_s, f"{self._name}: output for {item}")
+                if not await acknowledged(delivery):  # records of a batch share its delivery: checked once
+                    await confirm(self._send, outbound, delivery, self._backoff_s, f"{self._name}: output for {item}")
             done = self._on_confirmed([item for item, _, _ in group])
             if inspect.isawaitable(done):
                 await done
+
+
+async def acknowledged(delivery: Awaitable[Any]) -> bool:
+    """Wait for a producer's delivery future; whether the broker took it. False for any other awaitable,
+    which ``confirm`` then awaits (and re-sends on failure) as usual."""
+    if not isinstance(delivery, asyncio.Future):
+        return False
+    if not delivery.done():
+        await asyncio.wait((delivery,))
+    return not delivery.cancelled() and delivery.exception() is None
 
 
 async def until_acknowledged(

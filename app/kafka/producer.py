@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _UNSET: Any = None
 MIN_GROUP_FOR_BATCH = 32
+MAX_REMEMBERED_KEYS = 100_000
 
 
 def producer_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class OutputProducer:
             request_timeout_ms=30_000,
             **config,
         )
+        self._partitions_by_key: dict[str, tuple[int, dict[bytes, int]]] = {}
 
     @property
     def client(self) -> AIOKafkaProducer:
@@ -89,13 +91,20 @@ class OutputProducer:
     async def send_many(self, records: Sequence[OutboundRecord]) -> list[Awaitable[Any]]:
         """Enqueue records in order; returns, per record, the future of the batch that carries it."""
         producer = self._producer
+        by_key: dict[str, dict[bytes, int]] = {}
         for topic in {record.topic for record in records}:
-            await patiently(partial(producer.partitions_for, topic), topic)  # the topic's metadata known
+            partitions = await patiently(partial(producer.partitions_for, topic), topic)  # the metadata known
+            by_key[topic] = self._key_partitions(topic, len(partitions))
         groups: dict[tuple[str, int], list[int]] = {}
         for index, record in enumerate(records):
             partition = record.partition
             if partition is None:
-                partition = default_partition(producer, record.topic, record.key, record.value)
+                key = record.key
+                partition = None if key is None else by_key[record.topic].get(key)
+                if partition is None:
+                    partition = default_partition(producer, record.topic, key, record.value)
+                    if key is not None:
+                        by_key[record.topic][key] = partition
             groups.setdefault((record.topic, partition), []).append(index)
         futures: list[Awaitable[Any]] = [_UNSET] * len(records)
         for (topic, partition), indexes in groups.items():
@@ -121,6 +130,15 @@ class OutputProducer:
             if members:
                 await self._submit(batch, topic, partition, members, futures)
         return futures
+
+    def _key_partitions(self, topic: str, partition_count: int) -> dict[bytes, int]:
+        """The default partitioner's choice per key of ``topic``, remembered while its partition count
+        stays: aiokafka hashes keys in Python (murmur2), which cost more than enqueueing the record,
+        and keys recur. Forgotten past ``MAX_REMEMBERED_KEYS`` keys, to bound memory."""
+        known = self._partitions_by_key.get(topic)
+        if known is None or known[0] != partition_count or len(known[1]) > MAX_REMEMBERED_KEYS:
+            known = self._partitions_by_key[topic] = (partition_count, {})
+        return known[1]
 
     async def _submit(
         self, batch: Any, topic: str, partition: int, members: list[int], futures: list[Awaitable[Any]]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from app.metrics import Metrics
+from app.metrics import Metrics, observe_many
 from app.models.runner import Runner
 from app.pipeline.admission import Admitted, Refused
 from app.pipeline.outputs import Confirmation, DeadLettered, Predicted
@@ -73,8 +73,7 @@ class StageMetrics:
         def on_batch(waits_s: list[float]) -> None:
             self.counts.batches += 1
             batch_size.observe(len(waits_s))
-            for wait_s in waits_s:
-                queue_wait.observe(wait_s)
+            observe_many(queue_wait, waits_s)
 
         return BatchCallbacks(compute.observe, on_batch)
 
@@ -102,8 +101,7 @@ class StageMetrics:
         for runner, latencies in predicted.items():
             self._metrics.predictions.labels(runner.metadata.name, runner.metadata.version).inc(len(latencies))
             end_to_end = self._metrics.end_to_end.labels(runner.metadata.name, runner.metadata.version)
-            for latency_s in latencies:
-                end_to_end.observe(max(latency_s, 0.0))
+            observe_many(end_to_end, (max(latency_s, 0.0) for latency_s in latencies))
         for (model, version, error_class), count in dead_letters.items():
             self._metrics.dead_letters.labels(model, version, error_class).inc(count)
         for runner, count in shadows.items():

@@ -34,7 +34,7 @@ def build_result(
         "model_version": model.version,
         "schema_version": SCHEMA_VERSION,
         "timestamp": event.timestamp,
-        "predicted_at": datetime.fromtimestamp(now_s, UTC).isoformat(timespec="milliseconds"),
+        "predicted_at": iso_milliseconds(now_s),
         "latency_ms": round(now_s * 1000.0 - event.event_time_ms, 3),
         "batch_size": batch_size,
         "cache_hit": cache_hit,
@@ -52,6 +52,20 @@ def build_result(
         result["embedding"] = output.embedding
         result["dimension"] = len(output.embedding)
     return result
+
+
+_last_iso: tuple[int, str] = (-1, "")
+
+
+def iso_milliseconds(now_s: float) -> str:
+    """``now_s`` as ISO-8601 UTC to the millisecond; the last one is kept, since the results of a batch
+    are built within the same millisecond or two (formatting is a third of building a result)."""
+    global _last_iso
+    millis = round(now_s * 1_000_000) // 1000  # as datetime rounds: to the microsecond
+    if _last_iso[0] != millis:
+        moment = datetime.fromtimestamp(millis // 1000, UTC).replace(microsecond=millis % 1000 * 1000)
+        _last_iso = (millis, moment.isoformat(timespec="milliseconds"))
+    return _last_iso[1]
 
 
 def encode_result(result: dict[str, Any]) -> bytes:

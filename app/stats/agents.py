@@ -179,10 +179,15 @@ class StatsAgents:
         async with self._partials_lock:
             now_ms = time.time() * 1000.0
             touched: dict[bytes, WindowAggregate] = {}
+            keys: dict[tuple[str, str, int, str], bytes] = {}  # a fold's observations share a few windows
+            edges: dict[tuple[str, str], list[float] | None] = {}
             for observation in observations:
                 self.clock.observe(observation.source, observation.event_time_ms, now_ms)
                 start = window_start_ms(observation.event_time_ms, self.size_ms)
-                key = partial_key(observation, start)
+                model = (observation.model_name, observation.model_version)
+                key = keys.get((*model, start, observation.source))
+                if key is None:
+                    key = keys[(*model, start, observation.source)] = partial_key(observation, start)
                 partial = touched.get(key) or self._load(self.partials, key)
                 if partial is None:
                     partial = WindowAggregate(
@@ -194,8 +199,10 @@ class StatsAgents:
                 if partial.closed or partial.end_ms + self.lateness_ms <= self._handed_over.get(observation.source, -1):
                     self.metrics.stats_dropped.labels("late").inc()
                     continue
-                reference = self.reference(observation.model_name, observation.model_version)
-                partial.apply(observation, reference.get("bin_edges") if reference else None)
+                if model not in edges:
+                    reference = self.reference(*model)
+                    edges[model] = reference.get("bin_edges") if reference else None
+                partial.apply(observation, edges[model])
                 touched[key] = partial
             await asyncio.gather(*(self._store_partial(key, partial) for key, partial in touched.items()))
 

@@ -63,6 +63,7 @@ class Run:
     produced_bad: dict[bytes, tuple[str, bytes | None, int, int]] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
     result_keys: list[bytes | None] = field(default_factory=list)
+    result_partitions: list[int] = field(default_factory=list)
     dead_letters: list[Output] = field(default_factory=list)
     committed: dict[int, int] = field(default_factory=dict)
     end_offsets: dict[int, int] = field(default_factory=dict)
@@ -116,6 +117,7 @@ async def collect(bootstrap: str, run: Run, timeout_s: float = 120.0, settle_s: 
         if output.topic == run.names.output_topic:
             run.results.append(output.result)
             run.result_keys.append(output.key)
+            run.result_partitions.append(output.partition)
         else:
             run.dead_letters.append(output)
 
@@ -155,6 +157,13 @@ def test_results_validate_and_point_back_at_their_source(run: Run, result_schema
         assert result["label"] in ("malignant", "benign")
         assert 1 <= result["batch_size"] <= 256
     assert run.result_keys == [r["user_id"].encode() for r in run.results]  # same key as the input
+
+
+def test_results_land_on_the_partition_their_key_hashes_to(run: Run) -> None:
+    """The inputs were produced keyed by user with the default (murmur2) partitioner, and input and output
+    topics have the same partition count: a result's partition is its input's, as any Kafka client
+    partitioning by key would place it."""
+    assert run.result_partitions == [result["partition"] for result in run.results]
 
 
 def test_model_version_matches_the_loaded_model(run: Run) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from app.errors import ERROR_CLASSES
-from app.metrics import Metrics
+from app.metrics import Metrics, observe_many
 
 STANDARD_PREFIXES = ("process_", "python_")
 """prometheus_client's process, platform and GC collectors."""
@@ -87,3 +87,23 @@ def test_registries_are_independent() -> None:
     first.predictions.labels("m", "1").inc(3)
     assert first.registry.get_sample_value("inference_predictions_total", {"model": "m", "version": "1"}) == 3
     assert second.registry.get_sample_value("inference_predictions_total", {"model": "m", "version": "1"}) is None
+
+
+def test_observe_many_matches_observing_one_at_a_time() -> None:
+    one, many = Metrics(), Metrics()
+    amounts = [0.0, 0.004, 0.005, 0.0051, 0.3, 2.5, 100.0, 0.01, 0.01]
+    for amount in amounts:
+        one.end_to_end.labels("m", "1").observe(amount)
+    observe_many(many.end_to_end.labels("m", "1"), amounts)
+    observe_many(many.end_to_end.labels("m", "1"), [])
+    assert samples(one, "inference_end_to_end_latency_seconds") == samples(many, "inference_end_to_end_latency_seconds")
+
+
+def samples(metrics: Metrics, family: str) -> list[tuple[str, dict[str, str], float]]:
+    return [
+        (sample.name, sample.labels, sample.value)
+        for metric in metrics.registry.collect()
+        if metric.name == family
+        for sample in metric.samples
+        if not sample.name.endswith("_created")
+    ]

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import shutil
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -331,3 +332,30 @@ async def test_metrics_are_taken_at_each_stage(shadowed: ModelCatalog, runner: R
     assert sample("inference_records_in_flight") == 0
     assert dataclasses.asdict(pipeline.counts) == {"consumed": 5, "predicted": 4, "dead_lettered": 1, "batches": 3}
     await pipeline.stop()
+
+
+async def test_records_sharing_a_failed_batch_delivery_are_each_resent(catalog: ModelCatalog, runner: Runner) -> None:
+    """A producer batch's one future carries many records: when it fails, every one of them is re-sent."""
+    producer = BatchProducer()
+    pipeline = new_pipeline(catalog, producer)
+    pipeline.start()
+    acked: list[int] = []
+    await pipeline.submit_many([(record(offset, runner), partial(acked.append, offset)) for offset in range(3)])
+    await wait_until(lambda: len(producer.sent) == 3)
+    producer.deliveries[0].set_exception(TimeoutError("broker away"))
+    for resent in range(1, 4):  # in order, each once the one before it is acknowledged
+        await wait_until(lambda resent=resent: len(producer.sent) == 3 + resent)
+        assert producer.sent[-1] == producer.sent[resent - 1] and acked == []
+        producer.deliveries[resent].set_result(None)
+    await wait_until(lambda: acked == [0, 1, 2])
+    await pipeline.stop()
+
+
+class BatchProducer(ManualProducer):
+    """Enqueues a group of records as one batch: one delivery future for all of them, as aiokafka's send_batch."""
+
+    async def send_many(self, records: Sequence[OutboundRecord]) -> list[asyncio.Future[None]]:
+        self.sent.extend(records)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.deliveries.append(future)
+        return [future] * len(records)

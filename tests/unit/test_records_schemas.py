@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -67,3 +68,12 @@ def test_dead_letter_envelope_validates(error: InvalidRecord, dead_letter_schema
 def test_dead_letter_schema_lists_every_error_class(dead_letter_schema: Draft202012Validator) -> None:
     listed = dead_letter_schema.schema["properties"]["headers"]["properties"]["dlq.error.class"]["enum"]
     assert sorted(listed) == sorted(ERROR_CLASSES)
+
+
+@pytest.mark.parametrize("now_s", [0.0, 1795255200.25, 1795255200.2509, 1795255200.9999, 1795255201.0004])
+def test_predicted_at_is_the_moment_to_the_millisecond(now_s: float) -> None:
+    first = build_result(event_with(0), ModelOutput(1.0), REGRESSOR, 1, SOURCE, now_s=now_s)  # type: ignore[arg-type]
+    again = build_result(event_with(0), ModelOutput(1.0), REGRESSOR, 1, SOURCE, now_s=now_s + 1.0)  # type: ignore[arg-type]
+    expected = datetime.fromtimestamp(now_s, UTC).isoformat(timespec="milliseconds")
+    assert first["predicted_at"] == expected
+    assert again["predicted_at"] == datetime.fromtimestamp(now_s + 1.0, UTC).isoformat(timespec="milliseconds")
