@@ -68,12 +68,24 @@ class InOrderConfirmer(Generic[T]):
             self._waiting_since = None
             group = await self._queue.get()
             for item, outbound, delivery in group:
+                if succeeded(delivery):  # records of a batch share its delivery: most find it settled
+                    continue
                 self._waiting_since = time.monotonic()
-                if not await acknowledged(delivery):  # records of a batch share its delivery: checked once
+                if not await acknowledged(delivery):
                     await confirm(self._send, outbound, delivery, self._backoff_s, f"{self._name}: output for {item}")
             done = self._on_confirmed([item for item, _, _ in group])
             if inspect.isawaitable(done):
                 await done
+
+
+def succeeded(delivery: Awaitable[Any]) -> bool:
+    """Whether ``delivery`` is a producer's future the broker already acknowledged (no waiting)."""
+    return (
+        isinstance(delivery, asyncio.Future)
+        and delivery.done()
+        and not delivery.cancelled()
+        and (delivery.exception() is None)
+    )
 
 
 async def acknowledged(delivery: Awaitable[Any]) -> bool:
@@ -83,7 +95,7 @@ async def acknowledged(delivery: Awaitable[Any]) -> bool:
         return False
     if not delivery.done():
         await asyncio.wait((delivery,))
-    return not delivery.cancelled() and delivery.exception() is None
+    return succeeded(delivery)
 
 
 async def until_acknowledged(

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from app.errors import ModelError
 
@@ -41,8 +41,7 @@ BatchScope = Callable[[list[Any]], AbstractContextManager[Callable[[int], None]]
 """Entered around one batch, given its items' tags; yields a function told how many items failed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Batched(Generic[R]):
+class Batched(NamedTuple, Generic[R]):  # a tuple: built per record, and cheaper than a frozen dataclass
     value: R
     batch_size: int
 

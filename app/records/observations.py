@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):  # a tuple: built per record, and a frozen dataclass takes three times as long
     model_name: str
     model_version: str
     event_time_ms: float
