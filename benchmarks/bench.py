@@ -912,10 +912,10 @@ HOW_TO_READ = [
     "results, committing), whatever the model.",
     "- The per-event systems (naive-faust, quix-streams) run one forward per event, so their rate falls as the "
     "model's cost per call grows from `noop` to `mlp` to `mlp-10x`; the batching ones (this worker, faust-take, "
-    "quix-streams-batched, the bare loops) run one forward per batch of up to 256 and keep most of their `noop` "
-    "rate. How much this worker's ratio over a per-event system grows from the `noop` column to the `mlp-10x` "
-    "one is what batching buys it; its ratio over the other batching systems stays near its `noop` ratio "
-    "(transport), since they batch too.",
+    "quix-streams-batched, the bare loops) run one forward per batch of up to 256 and should lose less of their "
+    "`noop` rate. How much this worker's ratio over a per-event system grows from the `noop` column to the `mlp-10x` "
+    "one is what batching buys it; its ratio over the other batching systems should stay near its `noop` "
+    "ratio: they batch too, so what differs between them is transport.",
     "- `minilm`: the forward dominates every system (milliseconds per text); batching buys less, because "
     "a transformer's cost grows with the batch's padded length, and the ratios show how close each system "
     "gets to the model's own rate.",

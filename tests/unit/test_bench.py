@@ -18,6 +18,7 @@ from benchmarks.bench import (
     latency_curves,
     latency_phases,
     lead_table,
+    markdown,
     normalised,
     offered_rate,
     parse_models,
@@ -137,6 +138,22 @@ def test_results_from_before_the_sweep_are_read_with_the_default_model_as_mlp() 
     report = normalised(legacy)
     assert report["models"] == ["noop", "mlp"]
     assert report["summary"]["mlp"]["throughput"]["bare-aiokafka"]["median"] == 200
+
+
+def test_results_md_has_the_headline_table_for_the_latency_size_and_the_sweep_for_every_size() -> None:
+    runs = [
+        asdict(run)
+        for run in throughput("naive-faust", "mlp-10x", 700) + throughput("inference-worker", "mlp-10x", 7000)
+    ]
+    runs += [latency_run("inference-worker", "low-rate", 1000, 10, 30, []) | {"model": "mlp-10x"}]
+    head = {"machine": "m", "model": "d", "events": 10, "partitions": 4, "repeats": 1, "command": "c"}
+    report = normalised({**head, "seconds": 5.0, "low_rate": 1000.0, "low_rates": {"mlp-10x": 350.0}, "runs": runs})
+    text = markdown(report)
+    assert "## `mlp-10x`: breast-cancer-wide, MLP 30-128-128-2" in text
+    assert "Shared rate: 350 events/s." in text
+    assert "| inference-worker | 7,000 (7,000-7,000) | 1.00x | n/a | 10 (10-10) / 30 (30-30) | ok |" in text
+    assert "| naive-faust | 10.00x |" in text
+    assert "## How to read the model-size sweep" in text
 
 
 def test_notes_below_the_marker_survive_a_rewrite_of_the_tables() -> None:
