@@ -133,6 +133,15 @@ def parse_models(spec: str) -> list[ModelSize]:
     return [size for name, size in MODEL_SIZES.items() if name in names]
 
 
+def check_sizes(sizes: list[ModelSize], latency_sizes: list[ModelSize], text_events: int) -> None:
+    """Refuse (one line) latency sizes that are not run, and the text size with no text events."""
+    missing = [size.name for size in latency_sizes if size not in sizes]
+    if missing:
+        raise ValueError(f"--latency-models {','.join(missing)} not in --models: latency needs the size's throughput")
+    if text_events <= 0 and any(size.text for size in sizes):
+        raise ValueError("--text-events must be above 0 with minilm in --models (leave minilm out to skip texts)")
+
+
 def parse_systems(spec: str) -> list[str]:
     """The systems a comma-separated ``spec`` names (all of them when empty), in SYSTEMS' order."""
     names = [name.strip() for name in spec.split(",") if name.strip()]
@@ -1173,7 +1182,8 @@ if __name__ == "__main__":
     )
     arguments = parser.parse_args()
     try:
-        parse_systems(arguments.systems), parse_models(arguments.models), parse_models(arguments.latency_models)
+        parse_systems(arguments.systems)
+        check_sizes(parse_models(arguments.models), parse_models(arguments.latency_models), arguments.text_events)
     except ValueError as problem:
         parser.error(str(problem))
     if arguments.replot:

@@ -11,10 +11,12 @@ import pytest
 from app.models.registry import ModelRegistry
 from app.settings import REPO_ROOT
 from benchmarks.bench import (
+    MODEL_SIZES,
     NOTES_MARKER,
     SYSTEMS,
     LoadPoint,
     Run,
+    check_sizes,
     latency_curves,
     latency_phases,
     lead_table,
@@ -47,6 +49,16 @@ def test_an_unknown_model_size_or_system_is_refused_naming_the_choices() -> None
         parse_models("mlp,mlp-100x")
     with pytest.raises(ValueError, match="unknown system flink"):
         parse_systems("inference-worker,flink")
+
+
+def test_latency_only_for_sizes_that_run_and_texts_for_the_text_model() -> None:
+    noop, mlp, minilm = MODEL_SIZES["noop"], MODEL_SIZES["mlp"], MODEL_SIZES["minilm"]
+    check_sizes([noop, mlp, minilm], [mlp], text_events=800)
+    check_sizes([noop, mlp], [], text_events=0)
+    with pytest.raises(ValueError, match="--latency-models mlp not in --models"):
+        check_sizes([noop], [mlp], text_events=800)
+    with pytest.raises(ValueError, match="--text-events must be above 0 with minilm"):
+        check_sizes([mlp, minilm], [mlp], text_events=0)
 
 
 def test_no_systems_named_means_all_of_them() -> None:
