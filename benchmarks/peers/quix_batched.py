@@ -32,6 +32,7 @@ def main() -> None:
             failures.append(error)
 
     with app.get_consumer(auto_commit_enable=False) as consumer, app.get_producer() as producer:
+        producer.poll(0)  # Quix creates its librdkafka producer on first use: connect now, as the other loops do
         consumer.subscribe([args.input])
         processed: dict[tuple[str, int], int] = {}
         last_commit = time.monotonic()
