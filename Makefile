@@ -59,7 +59,7 @@ BENCH_PYTHON = $(call venv,text onnx bench registry)/bin/python
 
 REPLICAS ?= 2
 
-bench: kafka-up ## every system, every model size, 3 shuffled rounds (~40 minutes on 2 cores); REPLICAS=4: replicas section
+bench: kafka-up ## every system, every model size, 3 shuffled rounds (35-40 minutes on 2 cores); REPLICAS=4: replicas section
 	@$(BENCH_PYTHON) -m benchmarks.bench --replicas $(REPLICAS)
 
 bench-quick: kafka-up ## this worker against the bare aiokafka loop, no-op and default model, 3 rounds (~7 minutes)
