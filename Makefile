@@ -57,11 +57,13 @@ lint: ## ruff, mypy, and the import contracts (import-linter: layers, private up
 
 BENCH_PYTHON = $(call venv,text onnx bench registry)/bin/python
 
-bench: kafka-up ## benchmark this worker against its peers, 3 shuffled rounds (an hour or more); writes benchmarks/
-	@$(BENCH_PYTHON) -m benchmarks.bench
+REPLICAS ?= 2
 
-bench-quick: kafka-up ## this worker against the bare aiokafka loop, model and no-op model, 3 rounds (~10 minutes)
-	@$(BENCH_PYTHON) -m benchmarks.bench --quick --events 10000 --seconds 3 --text-events 0 --systems inference-worker,bare-aiokafka
+bench: kafka-up ## every system, every model size, 3 shuffled rounds (35-40 minutes on 2 cores); REPLICAS=4: replicas section
+	@$(BENCH_PYTHON) -m benchmarks.bench --replicas $(REPLICAS)
+
+bench-quick: kafka-up ## this worker against the bare aiokafka loop, no-op and default model, 3 rounds (~7 minutes)
+	@$(BENCH_PYTHON) -m benchmarks.bench --quick --events 10000 --seconds 3 --models noop,mlp --latency-models noop,mlp --systems inference-worker,bare-aiokafka
 
 bench-formats: kafka-up registry-up ## this worker's throughput with Avro in and out against JSON (a few minutes)
 	@SCHEMA_REGISTRY_URL=$$(registry/registry.sh url) $(BENCH_PYTHON) -m benchmarks.bench --formats --events 20000

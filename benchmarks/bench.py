@@ -8,19 +8,25 @@ moment the broker acknowledged it; end-to-end latency is that minus the event's 
 was produced). Throughput is the rate of acknowledged outputs after the first burst of them
 (``steady_rate``), so start-up and a first batch do not count.
 
-    python -m benchmarks.bench [--events 60000] [--quick] [--systems a,b] [--repeats 3] [--models model,noop]
-                               [--low-rate 1000] [--seconds 10] [--out benchmarks]
+    python -m benchmarks.bench [--events 30000] [--text-events 800] [--quick] [--systems a,b] [--repeats 3]
+                               [--models noop,mlp,mlp-10x,minilm] [--latency-models mlp] [--low-rate 1000]
+                               [--seconds 5] [--replicas 2] [--out benchmarks]
 
-For each model cost (``model``: the real forward; ``noop``: the same outputs, no forward, so the
-framework's own cost shows): (1) throughput over a backlog, ``--repeats`` rounds, each running every
-system in a new shuffled order; (2) latency, again in shuffled rounds, at 50% of each system's own
-median throughput and at one shared low rate (``--low-rate``), in one start of the system each round;
-the worker also runs with FLUSH_WHEN_INPUT_IDLE=false at the low rate, to show what closing a batch
-when the input runs dry buys. A run whose counts in and out differ fails the benchmark (exit status 1);
-a latency row whose offered rate was not reached, or whose outputs fell behind it, is marked. Without
-``--quick``: (3) this worker's throughput against MAX_BATCH_SIZE; (4) every system's latency at 25, 75
-and 90% of its own maximum; (5) one against two replicas; (6) the text-embedding model (minilm, text
-events; needs the text extra), one round. Writes results.json (every run), RESULTS.md and plots.
+For each model size in ``--models`` (``MODEL_SIZES``: ``noop``, the default model's outputs with no
+forward, so the framework's own cost shows; ``mlp``, the default model; ``mlp-10x``, an MLP with ten
+times its compute per row; ``minilm``, text embeddings over text events): (1) throughput over a
+backlog, ``--repeats`` rounds, each running every system in a new shuffled order. For each size in
+``--latency-models``: (2) latency, again in shuffled rounds and one start of the system per round, at
+50% of each system's own median throughput and at one shared rate below every system's capacity
+(``--low-rate``, lowered to half the slowest system's throughput if it is not); the worker also runs
+with FLUSH_WHEN_INPUT_IDLE=false at the shared rate, to show what closing a batch when the input runs
+dry buys. Without ``--quick`` the first latency round also offers each system 25, 75 and 90% of its own
+maximum (the latency-against-load curve, each system up to its own saturation). A run whose counts in
+and out differ fails the benchmark (exit status 1); a latency row whose offered rate was not reached,
+or whose outputs fell behind it, is marked. With ``minilm``: this worker with MODEL_QUANTIZE=dynamic-int8,
+one run. Without ``--quick``: (3) this worker's throughput against MAX_BATCH_SIZE; (4) one replica
+against ``--replicas``. Writes results.json (every run), RESULTS.md and the plots; ``--replot FILE``
+rewrites RESULTS.md and the plots from a results.json without running anything.
 
     python -m benchmarks.bench --formats [--events 20000] [--rounds 2] [--registry-url URL]
 
@@ -56,6 +62,7 @@ import orjson
 import torch
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from app.models.registry import ModelRegistry
 from app.models.runner import ModelRunner, pick_device
@@ -65,18 +72,109 @@ from benchmarks.peers.common import NOOP_MODEL_ENV
 from benchmarks.workload import text_event
 
 PARTITIONS = 4
-SYSTEMS = ("inference-worker", "naive-faust", "faust-take", "quix-streams", "bare-aiokafka", "bare-confluent-kafka")
+SYSTEMS = (
+    "inference-worker",
+    "naive-faust",
+    "faust-take",
+    "quix-streams",
+    "quix-streams-batched",
+    "bare-aiokafka",
+    "bare-confluent-kafka",
+)
 PEER_MODULES = {
     "naive-faust": "benchmarks.peers.naive_faust",
     "faust-take": "benchmarks.peers.faust_take",
     "quix-streams": "benchmarks.peers.quix",
+    "quix-streams-batched": "benchmarks.peers.quix_batched",
     "bare-aiokafka": "benchmarks.peers.bare_aiokafka",
     "bare-confluent-kafka": "benchmarks.peers.bare_confluent",
 }
 WORKER_MAX_WAIT_MS = 10.0
 FIRST_BURST_MS = 100
-TABULAR, TEXT = "breast-cancer", "minilm"
-"""The models of the two workloads: feature events and text events."""
+TABULAR, WIDE, TEXT = "breast-cancer", "breast-cancer-wide", "minilm"
+"""The registry's models the sweep runs: the default MLP, the ten-times-larger one, text embeddings."""
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """One step of the model-size sweep: which registry model every system loads, over which events."""
+
+    name: str
+    model: str
+    description: str
+    noop: bool = False
+    """BENCH_NOOP_MODEL: the model's outputs (computed once), no forward: the framework's cost alone."""
+    text: bool = False
+    """Text events (``benchmarks.workload``) instead of feature events; rates are texts/s."""
+
+
+MODEL_SIZES = {
+    size.name: size
+    for size in (
+        ModelSize("noop", TABULAR, "no forward (the default model's output, computed once)", noop=True),
+        ModelSize("mlp", TABULAR, "breast-cancer, MLP 30-64-2: 2,048 multiply-adds per row (the default model)"),
+        ModelSize("mlp-10x", WIDE, "breast-cancer-wide, MLP 30-128-128-2: 20,480 multiply-adds per row"),
+        ModelSize("minilm", TEXT, "all-MiniLM-L6-v2 text embeddings, fp32 (texts/s)", text=True),
+    )
+}
+"""The sweep, cheapest first; ``--models`` and ``--latency-models`` name a subset."""
+LEGACY_SIZES = {"model": "mlp"}
+"""Model-size names of results.json files written before the sweep (``model``: the default model)."""
+CURVE_SHARES = (0.25, 0.5, 0.75, 0.9)
+"""Shares of a system's own maximum its latency-against-load curve offers it (without ``--quick``)."""
+
+
+def parse_models(spec: str) -> list[ModelSize]:
+    """The model sizes a comma-separated ``spec`` names, in the sweep's order (cheapest first), each once."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODEL_SIZES]
+    if unknown:
+        raise ValueError(f"unknown model size {', '.join(unknown)}: choose from {','.join(MODEL_SIZES)}")
+    return [size for name, size in MODEL_SIZES.items() if name in names]
+
+
+def check_sizes(sizes: list[ModelSize], latency_sizes: list[ModelSize], text_events: int) -> None:
+    """Refuse (one line) latency sizes that are not run, and the text size with no text events."""
+    missing = [size.name for size in latency_sizes if size not in sizes]
+    if missing:
+        raise ValueError(f"--latency-models {','.join(missing)} not in --models: latency needs the size's throughput")
+    if text_events <= 0 and any(size.text for size in sizes):
+        raise ValueError("--text-events must be above 0 with minilm in --models (leave minilm out to skip texts)")
+
+
+def parse_systems(spec: str) -> list[str]:
+    """The systems a comma-separated ``spec`` names (all of them when empty), in SYSTEMS' order."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown system {', '.join(unknown)}: choose from {','.join(SYSTEMS)}")
+    return [name for name in SYSTEMS if name in names or not names]
+
+
+def offered_rate(events_per_s: float) -> float:
+    """A rate to offer: to the nearest 10 events/s, or 0.1 below 100 (text rates), never 0."""
+    return max(0.1, float(round(events_per_s, -1 if events_per_s >= 100 else 1)))
+
+
+def shared_low_rate(requested: float, maxima: dict[str, float]) -> float:
+    """The one rate every system is offered: ``requested``, unless it is above half the slowest system's
+    measured throughput (then that half), so it is below every system's capacity."""
+    measured = [rate for rate in maxima.values() if rate > 0]
+    return min(requested, offered_rate(0.5 * min(measured))) if measured else requested
+
+
+def phase_name(share: float) -> str:
+    return "half-load" if share == 0.5 else f"{share:.0%}"
+
+
+def latency_phases(own_max: float, low_rate: float, curve: bool) -> dict[str, float]:
+    """Phase -> offered events/s for one start of a system, lowest rate first: the shared low rate and 50%
+    of its own maximum (``half-load``), and with ``curve`` also 25, 75 and 90% of it."""
+    rates = {"low-rate": low_rate}
+    if own_max:
+        for share in CURVE_SHARES if curve else (0.5,):
+            rates[phase_name(share)] = offered_rate(own_max * share)
+    return dict(sorted(rates.items(), key=lambda item: item[1]))
 
 
 @dataclass
@@ -91,10 +189,11 @@ class Run:
     settings: dict[str, str] = field(default_factory=dict)
     output: str = ""
     """The topic the system wrote its results to."""
-    model: str = "model"
-    """``model`` (the real forward) or ``noop`` (BENCH_NOOP_MODEL: same outputs, no forward)."""
+    model: str = "mlp"
+    """The model size (``MODEL_SIZES``): ``noop``, ``mlp``, ``mlp-10x`` or ``minilm``."""
     phase: str = "throughput"
-    """``throughput`` (a backlog), ``half-load`` (50% of the system's own median throughput) or ``low-rate``."""
+    """``throughput`` (a backlog), ``low-rate`` (the shared rate), ``half-load`` (50% of the system's own
+    median throughput) or ``25%``, ``75%``, ``90%`` of it (the latency-against-load curve)."""
     produced_per_s: float = 0.0
     """The rate the load generator reached (latency phases)."""
     output_per_s: float = 0.0
@@ -131,10 +230,10 @@ class Bench:
         metadata = ModelRegistry(REPO_ROOT / "models").metadata("breast-cancer")
         self.factory = EventFactory(metadata, seed=11, run_id=self.run_id)
         self._topics = 0
-        self.noop = False
+        self.size = MODEL_SIZES["mlp"]
+        """The model size every system runs (its model, the no-op switch, feature or text events)."""
         self.last_started_ms = 0.0
         """When the last ``produce`` sent its first event (epoch ms)."""
-        """Run every system with the no-op model (``benchmarks.peers.common.noop_model``)."""
         self.decode_result: Callable[[bytes], dict[str, Any]] = orjson.loads
         """How results are read back: JSON, unless the worker writes another OUTPUT_FORMAT."""
 
@@ -159,16 +258,16 @@ class Bench:
         count: int,
         rate: float = 0.0,
         prefix: str = "",
-        model: str = TABULAR,
         encode: Callable[[dict[str, Any]], bytes] = orjson.dumps,
     ) -> float:
-        """``encode``: the value's format (JSON by default). Returns the rate reached, events/s.
+        """Feature events, or text events for a text model size. ``encode``: the value's format (JSON by
+        default). Returns the rate reached, events/s.
 
         The events are built first; a librdkafka producer (on a thread, so it does not hold up the event
         loop) then stamps and sends them at ``rate`` (0: as fast as it can): a Python producer stalls at a
         few thousand events/s on this machine, below the rates the faster systems are offered."""
         events = [
-            self.factory.event(index) if model == TABULAR else text_event(index, self.run_id, model)
+            text_event(index, self.run_id, self.size.model) if self.size.text else self.factory.event(index)
             for index in range(count)
         ]
         for event in events:
@@ -219,7 +318,10 @@ class Bench:
             ends = await consumer.end_offsets(partitions)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+                try:
+                    committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+                except GroupCoordinatorNotAvailableError:  # a fresh broker creates __consumer_offsets first
+                    committed = {}
                 if all(tp in committed and committed[tp].offset >= ends[tp] for tp in partitions):
                     return
                 await asyncio.sleep(0.5)
@@ -256,15 +358,13 @@ class Bench:
     # -- systems -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def system(
-        self, name: str, source: str, output: str, group: str, model: str = TABULAR, **settings: str
-    ) -> Iterator[None]:
+    def system(self, name: str, source: str, output: str, group: str, **settings: str) -> Iterator[None]:
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO_ROOT),
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "OMP_NUM_THREADS": "1",
-            NOOP_MODEL_ENV: "1" if self.noop else "0",
+            NOOP_MODEL_ENV: "1" if self.size.noop else "0",
         }
         if name == "inference-worker":
             env.update(
@@ -279,11 +379,11 @@ class Bench:
                     "LOG_LEVEL": "warning",
                     "TORCH_THREADS": "1",
                     "MAX_WAIT_MS": str(WORKER_MAX_WAIT_MS),
-                    "MODEL_NAMES": model,
+                    "MODEL_NAMES": self.size.model,
                     **settings,
                 }
             )
-            command = [sys.executable, "-m", "benchmarks.peers.worker" if self.noop else "app", "worker"]
+            command = [sys.executable, "-m", "benchmarks.peers.worker" if self.size.noop else "app", "worker"]
         else:
             command = [
                 sys.executable,
@@ -298,7 +398,7 @@ class Bench:
                 "--group",
                 group,
                 "--model",
-                model,
+                self.size.model,
             ]
         replicas = int(settings.get("REPLICAS", "1"))
         processes = []
@@ -319,13 +419,17 @@ class Bench:
                     process.kill()
                     process.wait()
 
-    async def throughput(self, name: str, backlog: str, events: int, model: str = TABULAR, **settings: str) -> Run:
+    def drain_timeout_s(self, events: int) -> float:
+        """How long a system may take over ``events``: far longer than the slowest should need."""
+        return events / (20 if self.size.text else 500)
+
+    async def throughput(self, name: str, backlog: str, events: int, **settings: str) -> Run:
         output = self.topic(f"{name}-out")
         await self.create(output, log_append_time=True)
-        run = Run(name, events, settings=settings, output=output, model="noop" if self.noop else "model")
+        run = Run(name, events, settings=settings, output=output, model=self.size.name)
         group = f"bench-{self.run_id}-{output}"
-        with self.system(name, backlog, output, group=group, model=model, **settings):
-            await self.wait_consumed(group, backlog, timeout_s=events / (500 if model == TABULAR else 20) + 120)
+        with self.system(name, backlog, output, group=group, **settings):
+            await self.wait_consumed(group, backlog, timeout_s=self.drain_timeout_s(events) + 120)
         rows = await self.collect(output)
         run.received, run.unique = len(rows), len({row[0] for row in rows})
         run.events_per_s = steady_rate(sorted(row[2] for row in rows))
@@ -337,29 +441,30 @@ class Bench:
         )
         return run
 
-    async def latencies(
-        self, name: str, rates: dict[str, float], seconds: float, model: str = TABULAR, **settings: str
-    ) -> list[Run]:
+    async def latencies(self, name: str, rates: dict[str, float], seconds: float, **settings: str) -> list[Run]:
         """One start of ``name``, then each phase's load in turn (phase -> offered events/s), ``seconds`` each."""
         source, output = self.topic(f"{name}-lat-in"), self.topic(f"{name}-lat-out")
         await self.create(source)
         await self.create(output, log_append_time=True)
         group = f"bench-{self.run_id}-{output}"
         runs = []
-        with self.system(name, source, output, group=group, model=model, **settings):
-            await self.produce(source, 50, prefix="warm-", model=model)
+        with self.system(name, source, output, group=group, **settings):
+            await self.produce(source, 50, prefix="warm-")
             await self.wait_consumed(group, source, timeout_s=180)
-            for phase, rate in rates.items():
+            for index, (phase, rate) in enumerate(rates.items()):
                 count = max(1, int(rate * seconds))
                 run = Run(name, count, offered_per_s=rate, settings=settings, output=output, phase=phase)
-                run.model = "noop" if self.noop else "model"
-                run.produced_per_s = await self.produce(source, count, rate=rate, prefix=f"{phase}-", model=model)
+                run.model = self.size.name
+                run.produced_per_s = await self.produce(source, count, rate=rate, prefix=f"p{index}-")
                 started_ms = self.last_started_ms
-                await self.wait_consumed(group, source, timeout_s=count / (500 if model == TABULAR else 20) + 60)
+                await self.wait_consumed(group, source, timeout_s=self.drain_timeout_s(count) + 60)
                 runs.append((run, started_ms))
+        by_phase: dict[str, list[tuple[str, int, int]]] = {}
+        for row in await self.collect(output):  # read once: every phase's results are in the one topic
+            by_phase.setdefault(row[0].split("-", 1)[0], []).append(row)  # p<index of the phase> or warm
         measured = []
-        for run, started_ms in runs:
-            rows = await self.collect(output, prefix=f"{run.phase}-")
+        for index, (run, started_ms) in enumerate(runs):
+            rows = by_phase.get(f"p{index}", [])
             latencies = sorted(acked - produced for _, produced, acked in rows)
             run.received, run.unique = len(rows), len({row[0] for row in rows})
             if latencies:
@@ -375,30 +480,6 @@ class Bench:
             )
             measured.append(run)
         return measured
-
-    async def latency(self, name: str, rate: float, seconds: float, model: str = TABULAR, **settings: str) -> Run:
-        source, output = self.topic(f"{name}-lat-in"), self.topic(f"{name}-lat-out")
-        await self.create(source)
-        await self.create(output, log_append_time=True)
-        count = int(rate * seconds)
-        run = Run(name, count, offered_per_s=rate, settings=settings)
-        group = f"bench-{self.run_id}-{output}"
-        with self.system(name, source, output, group=group, model=model, **settings):
-            await self.produce(source, 50, prefix="warm-", model=model)
-            await self.wait_consumed(group, source, timeout_s=180)
-            await self.produce(source, count, rate=rate, prefix="m-", model=model)
-            await self.wait_consumed(group, source, timeout_s=count / (500 if model == TABULAR else 20) + 60)
-        rows = await self.collect(output, prefix="m-")
-        latencies = sorted(acked - produced for _, produced, acked in rows)
-        run.received, run.unique = len(rows), len({row[0] for row in rows})
-        if latencies:
-            run.latency_ms = {f"p{q}": percentile(latencies, q / 100) for q in (50, 95, 99)}
-        print(
-            f"  {name:<22} at {rate:>7,.0f} ev/s: p50 {run.latency_ms.get('p50', float('nan')):.0f} ms "
-            f"p99 {run.latency_ms.get('p99', float('nan')):.0f} ms  received {run.received}/{count}",
-            flush=True,
-        )
-        return run
 
 
 def steady_rate(acked_ms: list[int]) -> float:
@@ -432,11 +513,11 @@ def free_port() -> int:
         return port
 
 
-def model_compute_ms(batch_size: int) -> float:
-    """Median time of one forward (outputs back on the host), on the device the worker picks."""
+def model_compute_ms(batch_size: int, model: str = TABULAR) -> float:
+    """Median time of one forward of ``model`` (outputs back on the host), on the device the worker picks."""
     torch.set_num_threads(1)
     device = pick_device("auto")
-    runner = ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), "breast-cancer", "latest", device)
+    runner = ModelRunner.load(ModelRegistry(REPO_ROOT / "models"), model, "latest", device)
     rows = [[1.0] * runner.metadata.input_size] * batch_size
     runner.predict(rows)
     timings = []
@@ -449,7 +530,7 @@ def model_compute_ms(batch_size: int) -> float:
 
 
 def model_description() -> str:
-    """The model every system runs: the registry's latest breast-cancer version, as the worker serves it."""
+    """The default model: the registry's latest breast-cancer version, as the worker serves it."""
     metadata = ModelRegistry(REPO_ROOT / "models").metadata("breast-cancer")
     architecture = metadata.extra.get("description", "").split(" on ")[0]
     return f"breast-cancer/{metadata.version} ({architecture}, {metadata.format})"
@@ -468,94 +549,118 @@ WAIT_VARIANT = "inference-worker (FLUSH_WHEN_INPUT_IDLE=false)"
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     bench = Bench(args.bootstrap, workdir)
-    systems = args.systems.split(",") if args.systems else list(SYSTEMS)
+    systems = parse_systems(args.systems)
+    sizes = parse_models(args.models)
+    latency_sizes = {size.name for size in parse_models(args.latency_models)}
     shuffle = random.Random(args.seed)
     report: dict[str, Any] = {
         "machine": machine(),
         "command": " ".join(["python -m benchmarks.bench", *sys.argv[1:]]),
         "events": args.events,
+        "text_events": args.text_events,
         "partitions": PARTITIONS,
         "repeats": args.repeats,
         "seconds": args.seconds,
         "low_rate": args.low_rate,
+        "low_rates": {},
         "model": model_description(),
+        "models": [size.name for size in sizes],
+        "model_sizes": {size.name: size.description for size in sizes},
         "logs": str(workdir),
+        "section_s": {},
         "runs": [],
     }
     runs: list[Run] = report["runs"]
-    for cost in args.models.split(","):
-        bench.noop = cost == "noop"
+    sections: dict[str, float] = report["section_s"]
+
+    def section_done(name: str, since: float) -> float:
+        sections[name] = round(time.monotonic() - since, 1)
+        print(f"   ({name}: {sections[name]:.0f} s; {time.monotonic() - began:.0f} s in all)", flush=True)
+        return time.monotonic()
+
+    for size in sizes:
+        bench.size = size
+        since = time.monotonic()
+        events = args.text_events if size.text else args.events
         print(
-            f"== {cost}: throughput over a backlog of {args.events} events, {args.repeats} shuffled rounds", flush=True
+            f"== {size.name}: throughput over a backlog of {events} events, {args.repeats} shuffled rounds", flush=True
         )
-        backlog = bench.topic(f"backlog-{cost}")
+        backlog = bench.topic(f"backlog-{size.name}")
         await bench.create(backlog)
-        await bench.produce(backlog, args.events)
+        await bench.produce(backlog, events)
         for _ in range(args.repeats):
             for name in shuffle.sample(systems, len(systems)):
-                runs.append(await bench.throughput(name, backlog, args.events))
+                runs.append(await bench.throughput(name, backlog, events))
+        if size.text and "inference-worker" in systems:
+            print(f"== {size.name}: this worker with MODEL_QUANTIZE=dynamic-int8", flush=True)
+            quantized = {"MODEL_QUANTIZE": "dynamic-int8"}
+            report["int8"] = {
+                "model": size.name,
+                "events_per_s": (await bench.throughput("inference-worker", backlog, events, **quantized)).events_per_s,
+            }
+        since = section_done(f"{size.name} throughput", since)
+        if size.name not in latency_sizes:
+            continue
         maxima = {
             name: median(
-                r.events_per_s for r in runs if r.model == cost and r.system == name and r.phase == "throughput"
+                r.events_per_s for r in runs if r.model == size.name and r.system == name and r.phase == "throughput"
             )
             for name in systems
         }
+        low_rate = report["low_rates"][size.name] = shared_low_rate(args.low_rate, maxima)
+        curve = "" if args.quick else ", the first round also at 25, 75 and 90% of it"
         print(
-            f"== {cost}: latency at 50% of each system's own median throughput and at {args.low_rate:,.0f} ev/s",
+            f"== {size.name}: latency at 50% of each system's own median throughput{curve}, and at {low_rate:,.0f} "
+            f"ev/s (shared), {args.seconds:.0f} s each",
             flush=True,
         )
-        variants = [*systems, WAIT_VARIANT] if "inference-worker" in systems and cost == "model" else systems
-        for _ in range(args.repeats):
+        variants = [*systems, WAIT_VARIANT] if "inference-worker" in systems and not size.noop else systems
+        for round_ in range(args.repeats):
             for name in shuffle.sample(variants, len(variants)):
                 if name == WAIT_VARIANT:
                     wait = {"FLUSH_WHEN_INPUT_IDLE": "false"}
-                    for run in await bench.latencies(
-                        "inference-worker", {"low-rate": args.low_rate}, args.seconds, **wait
-                    ):
+                    for run in await bench.latencies("inference-worker", {"low-rate": low_rate}, args.seconds, **wait):
                         run.system = WAIT_VARIANT
                         runs.append(run)
                     continue
-                rates = {"low-rate": args.low_rate}
-                if maxima[name]:
-                    rates["half-load"] = round(maxima[name] * 0.5, -1)
-                runs.extend(await bench.latencies(name, rates, args.seconds))
-    bench.noop = False
+                phases = latency_phases(maxima[name], low_rate, curve=round_ == 0 and not args.quick)
+                runs.extend(await bench.latencies(name, phases, args.seconds))
+        section_done(f"{size.name} latency", since)
+    bench.size = MODEL_SIZES["mlp"]
     report["summary"] = summarise(runs)
 
-    compute_256 = model_compute_ms(256)
-    report["model_compute_ms"] = {"batch_256": compute_256, "batch_1": model_compute_ms(1)}
+    since = time.monotonic()
     report["model_device"] = str(pick_device("auto"))
-    report["model_only_events_per_s"] = 256 / compute_256 * 1000
+    report["model_compute_ms"] = {
+        size.name: {"batch_256": model_compute_ms(256, size.model), "batch_1": model_compute_ms(1, size.model)}
+        for size in sizes
+        if not size.noop and not size.text
+    }
+    if "mlp" in report["model_compute_ms"]:
+        report["model_only_events_per_s"] = 256 / report["model_compute_ms"]["mlp"]["batch_256"] * 1000
+    since = section_done("model compute", since)
 
-    if not args.quick and "inference-worker" in systems:
-        worker_max = report["summary"]["model"]["throughput"]["inference-worker"]["median"]
+    mlp_summary = report["summary"].get("mlp", {}).get("throughput", {})
+    if not args.quick and "inference-worker" in mlp_summary:
+        worker_max = mlp_summary["inference-worker"]["median"]
         backlog = bench.topic("backlog-sweep")
         await bench.create(backlog)
         await bench.produce(backlog, args.events)
-        print("== this worker: throughput against MAX_BATCH_SIZE", flush=True)
+        print("== mlp: this worker's throughput against MAX_BATCH_SIZE", flush=True)
         sweep = {}
-        for size in (1, 16, 64, 256, 1024):
-            sweep[size] = (
-                await bench.throughput("inference-worker", backlog, args.events, MAX_BATCH_SIZE=str(size))
+        for batch_size in (1, 16, 64, 256, 1024):
+            sweep[batch_size] = (
+                await bench.throughput("inference-worker", backlog, args.events, MAX_BATCH_SIZE=str(batch_size))
             ).events_per_s
         report["throughput_vs_max_batch_size"] = sweep
-        print("== every system: latency against offered load, up to its own saturation", flush=True)
-        loads: dict[str, list[dict[str, Any]]] = {}
-        for name in systems:
-            own_max = report["summary"]["model"]["throughput"][name]["median"]
-            shares = {f"{share:.0%}": round(own_max * share, -1) for share in (0.25, 0.75, 0.9)}
-            for run in await bench.latencies(name, shares, args.seconds):
-                loads.setdefault(name, []).append(
-                    {"offered_per_s": run.offered_per_s, **run.latency_ms, "problems": run.problems}
-                )
-        report["latency_vs_load"] = loads
-        print("== this worker: 1 against 2 replicas", flush=True)
-        two = await bench.throughput("inference-worker", backlog, args.events, REPLICAS="2")
-        report["replicas"] = {"1": worker_max, "2": two.events_per_s}
-    if args.text_events:
-        report["text"] = await text_workload(bench, systems, args)
+        print(f"== mlp: this worker, 1 against {args.replicas} replicas", flush=True)
+        replicated = await bench.throughput("inference-worker", backlog, args.events, REPLICAS=str(args.replicas))
+        report["replicas"] = {"1": worker_max, str(args.replicas): replicated.events_per_s}
+        section_done("batch sizes and replicas", since)
+    report["duration_s"] = round(time.monotonic() - began)
     report["failed_runs"] = [asdict(run) for run in runs if run.failed]
     report["runs"] = [asdict(run) | {"duplicates": run.duplicates} for run in runs]
     return report
@@ -593,31 +698,6 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
                 for q in ("p50", "p99"):
                     entry[f"{q}_median"], entry[f"{q}_spread"] = median(entry[q]), spread(entry[q])
     return summary
-
-
-async def text_workload(bench: Bench, systems: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """Phases 1 and 2 with the embedding model: where batching should dominate."""
-    print(f"== text embeddings ({TEXT}): throughput over a backlog of {args.text_events} texts", flush=True)
-    backlog = bench.topic("text-backlog")
-    await bench.create(backlog)
-    await bench.produce(backlog, args.text_events, model=TEXT)
-    runs = {name: await bench.throughput(name, backlog, args.text_events, model=TEXT) for name in systems}
-    worker_max = runs["inference-worker"].events_per_s if "inference-worker" in runs else 100.0
-    rate = round(worker_max * 0.5)
-    print(f"== text embeddings: latency at {rate:,.0f} texts/s offered, {args.seconds:.0f} s", flush=True)
-    latency = {name: await bench.latency(name, rate, args.seconds, model=TEXT) for name in systems}
-    int8 = None
-    if "inference-worker" in systems:
-        print("== text embeddings: this worker with MODEL_QUANTIZE=dynamic-int8", flush=True)
-        quantized = {"MODEL_QUANTIZE": "dynamic-int8"}
-        int8 = await bench.throughput("inference-worker", backlog, args.text_events, TEXT, **quantized)
-    return {
-        "int8_events_per_s": int8.events_per_s if int8 else None,
-        "model": f"{TEXT} (all-MiniLM-L6-v2, sentence-transformers, 1 torch thread per system)",
-        "events": args.text_events,
-        "throughput": {name: asdict(run) | {"duplicates": run.duplicates} for name, run in runs.items()},
-        "latency_at_half_load": {name: asdict(run) for name, run in latency.items()},
-    }
 
 
 BENCH_EVENT_SCHEMA = {
@@ -696,86 +776,198 @@ async def formats_workload(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+NOTES_MARKER = "<!-- Notes below this line are written by hand; make bench keeps them. -->"
+"""RESULTS.md's hand-written reading of a run: kept when the tables above it are rewritten."""
+
+
 def write_outputs(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "RESULTS.md").write_text(markdown(report))
+    results = out / "RESULTS.md"
+    results.write_text(with_notes(markdown(report), results.read_text() if results.exists() else ""))
     plots(report, out)
     print(f"wrote {out / 'results.json'}, {out / 'RESULTS.md'} and plots", flush=True)
 
 
+def with_notes(generated: str, existing: str) -> str:
+    """``generated``, then NOTES_MARKER and whatever followed it in ``existing`` (the notes of the run)."""
+    notes = existing.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in existing else "\n"
+    return f"{generated}\n{NOTES_MARKER}\n{notes.lstrip(chr(10))}"
+
+
+def normalised(report: dict[str, Any]) -> dict[str, Any]:
+    """A results.json as this version writes it: model sizes of older files renamed (``LEGACY_SIZES``), the
+    summary recomputed from the runs, ``models`` listed in the sweep's order."""
+    runs = [{**run, "model": LEGACY_SIZES.get(run["model"], run["model"])} for run in report["runs"]]
+    present = {run["model"] for run in runs}
+    models = [name for name in MODEL_SIZES if name in present] + sorted(present - set(MODEL_SIZES))
+    summary = summarise([Run(**{k: v for k, v in run.items() if k != "duplicates"}) for run in runs])
+    return {**report, "runs": runs, "models": models, "summary": summary}
+
+
+def ordered_systems(names: Any) -> list[str]:
+    """This worker first, then the peers in SYSTEMS' order, then any other name (a variant) by name."""
+    rank = {name: index for index, name in enumerate(SYSTEMS)}
+    return sorted(set(names), key=lambda name: (rank.get(name, len(SYSTEMS)), name))
+
+
+def size_description(report: dict[str, Any], name: str) -> str:
+    described = report.get("model_sizes", {}).get(name)
+    return str(described or (MODEL_SIZES[name].description if name in MODEL_SIZES else name))
+
+
 def markdown(report: dict[str, Any]) -> str:
+    summary = report["summary"]
+    sizes = [name for name in report.get("models", list(summary)) if name in summary]
+    low_rates = report.get("low_rates") or {name: report["low_rate"] for name in sizes}
+    text_events = f" ({report['text_events']} for minilm)" if "minilm" in sizes and report.get("text_events") else ""
     lines = [
         "# Benchmark results",
         "",
-        f"Machine: {report['machine']}. Model: {report['model']}. {report['events']} events, "
+        f"Machine: {report['machine']}. Default model: {report['model']}. {report['events']} events{text_events}, "
         f"{report['partitions']} partitions, {report['repeats']} rounds, each running every system alone in "
-        f"a new shuffled order; medians with the spread (min-max) of the rounds. Command: `{report['command']}`. "
-        "Every system gets the same producer settings (acks=all, linger 5 ms, 1 MiB batches, no compression, "
+        f"a new shuffled order; medians with the spread (min-max) of the rounds. Command: `{report['command']}`"
+        + (f" ({report['duration_s'] / 60:.0f} minutes)" if "duration_s" in report else "")
+        + ". Every system gets the same producer settings (acks=all, linger 5 ms, 1 MiB batches, no compression, "
         "idempotent where the client has the switch) and commits about once a second. Latency (p50/p99) is "
         "the broker's acknowledgement of the result minus the event's time, measured at 50% of each system's "
-        f"own median throughput and at one shared low rate ({report['low_rate']:,.0f} ev/s), "
-        f"{report['seconds']:.0f} s each; a row is marked where the offered rate was not reached or the "
-        "outputs fell behind it. The machine (2 cores) is shared with the broker and the load generator, "
-        "and here also with other developers: runs vary by tens of percent in throughput and more in tail latency.",
+        f"own median throughput and at one shared rate below every system's capacity, {report['seconds']:.0f} s "
+        "each; a row is marked where the offered rate was not reached or the outputs fell behind it. The "
+        "machine is shared with the broker and the load generator: runs vary by tens of percent in throughput "
+        "and more in tail latency, so the ratios within a run mean more than the absolute rates.",
     ]
-    for cost, phases in report["summary"].items():
-        title = "the model" if cost == "model" else "the no-op model (same outputs, no forward: framework cost only)"
-        lines += ["", f"## With {title}", "", *summary_table(phases)]
+    for name in sizes:
+        phases = summary[name]
+        if not any(phase != "throughput" for phase in phases):
+            continue
+        lines += [
+            "",
+            f"## `{name}`: {size_description(report, name)}",
+            "",
+            f"Shared rate: {low_rates.get(name, report['low_rate']):,.0f} events/s.",
+            "",
+            *summary_table(phases),
+        ]
+    lines += ["", "## Throughput per model size", "", *sweep_table(summary, sizes)]
+    lines += ["", "This worker's throughput over each system's, per model size:", "", *lead_table(summary, sizes)]
+    lines += ["", *(f"- `{name}`: {size_description(report, name)}" for name in sizes)]
     failed = report.get("failed_runs", [])
     lines += [
         "",
         f"Runs whose counts in and out differ: {len(failed)}" + (" (the benchmark FAILED)." if failed else "."),
     ]
-    compute = report["model_compute_ms"]
-    lines += [
-        "",
-        f"Model compute: {compute['batch_256']:.2f} ms per batch of 256, {compute['batch_1']:.3f} ms per single "
-        f"event, on {report.get('model_device', 'cpu')}.",
-    ]
-    worker = report["summary"].get("model", {}).get("throughput", {}).get("inference-worker", {}).get("median", 0.0)
-    if "model_only_events_per_s" in report:
+    compute = report.get("model_compute_ms", {})
+    if "batch_256" in compute:  # results.json before the sweep: the default model's only
+        compute = {"mlp": compute}
+    device = report.get("model_device", "cpu")
+    for name, timing in compute.items():
+        lines += [
+            "",
+            f"Model compute, `{name}`: {timing['batch_256']:.2f} ms per batch of 256, {timing['batch_1']:.3f} ms "
+            f"per single event, on {device}.",
+        ]
+    worker = summary.get("mlp", {}).get("throughput", {}).get("inference-worker", {}).get("median", 0.0)
+    if "model_only_events_per_s" in report and worker:
         model_only = report["model_only_events_per_s"]
         lines += [
             "",
-            f"Model only (forwards of 256, no Kafka): {model_only:,.0f} events/s; this worker end to end is "
+            f"Model only (`mlp`, forwards of 256, no Kafka): {model_only:,.0f} events/s; this worker end to end is "
             f"{worker / model_only:.1%} of that, the share of the hardware's limit it reaches.",
         ]
     if "throughput_vs_max_batch_size" in report:
         lines += [
             "",
-            "This worker against MAX_BATCH_SIZE: "
+            "This worker against MAX_BATCH_SIZE (`mlp`, one run each): "
             + ", ".join(f"{size}: {rate_:,.0f} ev/s" for size, rate_ in report["throughput_vs_max_batch_size"].items())
             + ".",
         ]
     if "replicas" in report:
+        replicas = report["replicas"]
         lines += [
             "",
-            f"Replicas on this one machine: 1 worker {report['replicas']['1']:,.0f} ev/s, "
-            f"2 workers {report['replicas']['2']:,.0f} ev/s (the broker, the load generator and the "
-            "workers share the same cores).",
+            "Replicas of this worker on this one machine (`mlp`): "
+            + ", ".join(f"{count}: {rate_:,.0f} ev/s" for count, rate_ in replicas.items())
+            + " (1: the median of the rounds above; the broker, the load generator and the workers share the cores).",
         ]
-    if "text" in report:
-        text = report["text"]
-        text_rate = next((run["offered_per_s"] for run in text["latency_at_half_load"].values()), 0.0)
+    if report.get("int8"):
+        int8 = report["int8"]
+        minilm = summary.get(int8["model"], {}).get("throughput", {})
+        fp32 = {name: minilm.get(name, {}).get("median", 0.0) for name in ("inference-worker", "quix-streams")}
+        versus = ", ".join(
+            f"{int8['events_per_s'] / rate_:.2f}x {name} in fp32" for name, rate_ in fp32.items() if rate_
+        )
         lines += [
             "",
-            f"## Text embeddings: {text['model']}",
-            "",
-            f"{text['events']} text events (5-40 words), {report['partitions']} partitions; latency at "
-            f"{text_rate:,.0f} texts/s offered (50% of this worker's throughput).",
-            "",
-            *systems_table(text["throughput"], text["latency_at_half_load"], unit="texts/s"),
+            f"This worker with `MODEL_QUANTIZE=dynamic-int8` on `{int8['model']}`: {int8['events_per_s']:,.0f} "
+            f"texts/s (one run){f', {versus}' if versus else ''}; the vectors then differ from the fp32 ones "
+            "(cosine similarity mean 0.977, min 0.950: see MODEL_FORMATS.md).",
         ]
-        quix = text["throughput"].get("quix-streams", {}).get("events_per_s")
-        if text.get("int8_events_per_s") and quix:
-            lines += [
-                "",
-                f"This worker with `MODEL_QUANTIZE=dynamic-int8`: {text['int8_events_per_s']:,.0f} texts/s, "
-                f"{text['int8_events_per_s'] / quix:.2f}x Quix Streams; the vectors then differ from the fp32 "
-                "ones (cosine similarity mean 0.977, min 0.950: see MODEL_FORMATS.md).",
-            ]
+    if report.get("section_s"):
+        lines += [
+            "",
+            "Time per section: "
+            + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in report["section_s"].items())
+            + ".",
+        ]
+    lines += ["", *HOW_TO_READ]
     return "\n".join(lines) + "\n"
+
+
+HOW_TO_READ = [
+    "## How to read the model-size sweep",
+    "",
+    "- `noop` is each system's transport and framework cost alone (no forward anywhere): this worker's "
+    "ratio there is the lead or lag its Kafka path gives it (fetching, decoding, building and producing "
+    "results, committing), whatever the model.",
+    "- The per-event systems (naive-faust, quix-streams) run one forward per event, so their rate falls as the "
+    "model's cost per call grows from `noop` to `mlp` to `mlp-10x`; the batching ones (this worker, faust-take, "
+    "quix-streams-batched, the bare loops) run one forward per batch of up to 256 and should lose less of their "
+    "`noop` rate. How much this worker's ratio over a per-event system grows from the `noop` column to the `mlp-10x` "
+    "one is what batching buys it; its ratio over the other batching systems should stay near its `noop` "
+    "ratio: they batch too, so what differs between them is transport.",
+    "- `minilm`: the forward dominates every system (milliseconds per text); batching buys less, because "
+    "a transformer's cost grows with the batch's padded length, and the ratios show how close each system "
+    "gets to the model's own rate.",
+    "- Latency against load: each system is offered 25, 50, 75 and 90% of its own measured maximum and the "
+    "shared rate; hollow markers are runs whose offered rate was not reached or whose outputs fell behind "
+    "it (beyond saturation, where latency measures the backlog, not the system).",
+]
+
+
+def size_cell(entry: dict[str, Any] | None) -> str:
+    if not entry or not entry.get("runs"):
+        return "n/a"
+    low, high = entry["spread"]
+    failed = " (!)" if any(problem.startswith("received") for problem in entry.get("problems", [])) else ""
+    return f"{entry['median']:,.0f} ({low:,.0f}-{high:,.0f}){failed}"
+
+
+def sweep_table(summary: dict[str, Any], sizes: list[str]) -> list[str]:
+    """Systems by model size: median events/s (texts/s for minilm) with the rounds' spread; (!) marks a run
+    whose counts in and out differed."""
+    names = ordered_systems(name for size in sizes for name in summary.get(size, {}).get("throughput", {}))
+    rows = ["| system | " + " | ".join(f"`{size}`" for size in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for name in names:
+        cells = [size_cell(summary.get(size, {}).get("throughput", {}).get(name)) for size in sizes]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def lead_table(summary: dict[str, Any], sizes: list[str]) -> list[str]:
+    """This worker's median throughput over each peer's, per model size (n/a where either is missing)."""
+    names = ordered_systems(name for size in sizes for name in summary.get(size, {}).get("throughput", {}))
+    rows = ["| this worker over | " + " | ".join(f"`{size}`" for size in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for name in names:
+        if name == "inference-worker":
+            continue
+        cells = []
+        for size in sizes:
+            throughput = summary.get(size, {}).get("throughput", {})
+            worker = throughput.get("inference-worker", {}).get("median", 0.0)
+            peer = throughput.get(name, {}).get("median", 0.0)
+            cells.append(f"{worker / peer:.2f}x" if worker and peer else "n/a")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def summary_table(phases: dict[str, Any]) -> list[str]:
@@ -783,11 +975,10 @@ def summary_table(phases: dict[str, Any]) -> list[str]:
     worker = throughput.get("inference-worker", {}).get("median", 0.0)
     rows = [
         "| system | events/s, median (spread) | this worker is | p50 / p99 ms at 50% of own max (rate) "
-        "| p50 / p99 ms at the low rate | marks |",
+        "| p50 / p99 ms at the shared rate | marks |",
         "|---|---|---|---|---|---|",
     ]
-    names = sorted({*throughput, *phases.get("low-rate", {})}, key=lambda n: (not n.startswith("inference-worker"), n))
-    for name in names:
+    for name in ordered_systems({*throughput, *phases.get("low-rate", {})}):
         run = throughput.get(name)
         half, low = phases.get("half-load", {}).get(name), phases.get("low-rate", {}).get(name)
         marked = sum(entry.get("marked", 0) for entry in (run, half, low) if entry)
@@ -818,21 +1009,48 @@ def latency_cell(entry: dict[str, Any] | None, with_rate: bool = False) -> str:
     return f"{cell} at {median(entry['offered']):,.0f}/s" if with_rate else cell
 
 
-def systems_table(throughput: dict[str, Any], latency: dict[str, Any], unit: str = "events/s") -> list[str]:
-    worker = throughput.get("inference-worker", {}).get("events_per_s") or 0.0
-    rows = [
-        f"| system | {unit} | this worker is | received / sent | duplicates | p50 ms | p95 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, run in throughput.items():
-        lat = latency.get(name, {}).get("latency_ms", {})
-        ratio = f"{worker / run['events_per_s']:.2f}x" if run["events_per_s"] else "n/a"
-        rows.append(
-            f"| {name} | {run['events_per_s']:,.0f} | {ratio} | {run['unique']} / {run['events']} | "
-            f"{run['duplicates']} | {lat.get('p50', float('nan')):.0f} | {lat.get('p95', float('nan')):.0f} | "
-            f"{lat.get('p99', float('nan')):.0f} |"
-        )
-    return rows
+def throughput_series(summary: dict[str, Any], sizes: list[str]) -> dict[str, list[tuple[float, float, float] | None]]:
+    """Per system, per model size (in ``sizes``' order): (median, min, max) events/s, None where not run."""
+    names = ordered_systems(name for size in sizes for name in summary.get(size, {}).get("throughput", {}))
+    series: dict[str, list[tuple[float, float, float] | None]] = {}
+    for name in names:
+        points: list[tuple[float, float, float] | None] = []
+        for size in sizes:
+            entry = summary.get(size, {}).get("throughput", {}).get(name)
+            points.append((entry["median"], *entry["spread"]) if entry and entry.get("values") else None)
+        series[name] = points
+    return series
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    """One system at one offered load: the medians of its runs there, and whether any run was marked."""
+
+    offered_per_s: float
+    p50: float
+    p99: float
+    marked: bool
+
+
+def latency_curves(runs: list[dict[str, Any]], size: str) -> dict[str, list[LoadPoint]]:
+    """Per system, its latency runs with model size ``size``, one point per phase (its load), by offered rate."""
+    phases: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for run in runs:
+        if run["model"] == size and run["phase"] != "throughput" and run["latency_ms"]:
+            phases.setdefault(run["system"], {}).setdefault(run["phase"], []).append(run)
+    curves: dict[str, list[LoadPoint]] = {}
+    for name in ordered_systems(phases):
+        points = [
+            LoadPoint(
+                median(run["offered_per_s"] for run in group),
+                median(run["latency_ms"]["p50"] for run in group),
+                median(run["latency_ms"]["p99"] for run in group),
+                any(run["problems"] for run in group),
+            )
+            for group in phases[name].values()
+        ]
+        curves[name] = sorted(points, key=lambda point: point.offered_per_s)
+    return curves
 
 
 def plots(report: dict[str, Any], out: Path) -> None:
@@ -840,6 +1058,10 @@ def plots(report: dict[str, Any], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}")  # 2,000, not 2x10^3
+    sparse = FuncFormatter(lambda value, _: plain(value) if f"{value:e}"[0] in "25" else "")  # minor ticks: 2s, 5s
 
     if "throughput_vs_max_batch_size" in report:
         sweep = report["throughput_vs_max_batch_size"]
@@ -854,72 +1076,94 @@ def plots(report: dict[str, Any], out: Path) -> None:
         fig.savefig(out / "throughput_vs_batch_size.png", dpi=100)
         plt.close(fig)
     summary = report.get("summary", {})
-    if summary:
-        costs = list(summary)
-        names = list(next(iter(summary.values())).get("throughput", {}))
-        fig, ax = plt.subplots(figsize=(7, 4))
-        width = 0.8 / max(1, len(costs))
-        for index, cost in enumerate(costs):
-            entries = [summary[cost].get("throughput", {}).get(name, {}) for name in names]
-            medians = [entry.get("median", 0.0) for entry in entries]
-            errors = [
-                [m - entry.get("spread", [m, m])[0] for m, entry in zip(medians, entries, strict=True)],
-                [entry.get("spread", [m, m])[1] - m for m, entry in zip(medians, entries, strict=True)],
-            ]
-            positions = [n + index * width for n in range(len(names))]
-            ax.bar(
-                positions, medians, width, yerr=errors, capsize=3, label="no-op model" if cost == "noop" else "model"
-            )
-        ax.set_xticks([n + width * (len(costs) - 1) / 2 for n in range(len(names))], names, rotation=20, ha="right")
-        ax.set_ylabel("events/s (median, min-max)")
-        ax.set_title("Throughput per system and model cost")
-        ax.legend()
-        ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "throughput_per_system.png", dpi=100)
-        plt.close(fig)
-        # Latency against offered load, per system, up to its own saturation: every latency run of the real model.
-        points: dict[str, list[tuple[float, float]]] = {}
-        for run in report.get("runs", []):
-            if run["model"] == "model" and run["phase"] != "throughput" and run["latency_ms"]:
-                points.setdefault(run["system"], []).append((run["offered_per_s"], run["latency_ms"]["p99"]))
-        for name, loads in report.get("latency_vs_load", {}).items():
-            points.setdefault(name, []).extend((load["offered_per_s"], load["p99"]) for load in loads if "p99" in load)
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name, xy in points.items():
-            by_rate: dict[float, list[float]] = {}
-            for x, y in xy:
-                by_rate.setdefault(x, []).append(y)
-            rates = sorted(by_rate)  # the median p99 of the runs at each offered rate
-            ax.plot(rates, [median(by_rate[x]) for x in rates], marker="o", label=name)
+    sizes = [name for name in report.get("models", list(summary)) if name in summary]
+    if not sizes:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, points in throughput_series(summary, sizes).items():
+        xs = [index for index, point in enumerate(points) if point]
+        found = [point for point in points if point]
+        ax.errorbar(
+            xs,
+            [point[0] for point in found],
+            yerr=[[point[0] - point[1] for point in found], [point[2] - point[0] for point in found]],
+            marker="o",
+            capsize=3,
+            linewidth=2.5 if name == "inference-worker" else 1.2,
+            label=name,
+        )
+    ax.set_xticks(range(len(sizes)), [f"{size}\n{'texts' if size == 'minilm' else 'events'}/s" for size in sizes])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(plain)
+    ax.set_xlabel("model size (compute per event grows to the right)")
+    ax.set_ylabel("throughput, median of rounds (min-max)")
+    ax.set_title("Throughput per system per model size")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "throughput_per_system.png", dpi=100)
+    plt.close(fig)
+    latency_size = next((size for size in sizes if any(p != "throughput" for p in summary[size])), None)
+    if latency_size is None:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
+    for name, curve in latency_curves(report.get("runs", []), latency_size).items():
+        for ax, quantile in zip(axes, ("p50", "p99"), strict=True):
+            line = ax.plot(
+                [point.offered_per_s for point in curve],
+                [getattr(point, quantile) for point in curve],
+                label=name,
+                linewidth=2.5 if name == "inference-worker" else 1.2,
+            )[0]
+            for point in curve:
+                ax.plot(
+                    point.offered_per_s,
+                    getattr(point, quantile),
+                    marker="o",
+                    color=line.get_color(),
+                    markerfacecolor="none" if point.marked else line.get_color(),
+                )
+    for ax, quantile in zip(axes, ("p50", "p99"), strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(sparse)
         ax.set_xlabel("offered load, events/s")
-        ax.set_ylabel("p99 end-to-end latency, ms (median of runs)")
-        ax.set_title("p99 latency against offered load (each up to its own saturation)")
-        ax.legend(fontsize=7)
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "latency_vs_load.png", dpi=100)
-        plt.close(fig)
+        ax.set_ylabel(f"{quantile} end-to-end latency, ms (median of runs)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        f"Latency against offered load, `{latency_size}` (each system up to 90% of its own max; hollow: fell behind)"
+    )
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_load.png", dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     local = f"127.0.0.1:{os.environ.get('KAFKA_LOCAL_PORT', '9092')}"  # make kafka-up's broker
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", local))
-    parser.add_argument("--events", type=int, default=60000)
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each latency run")
+    parser.add_argument("--events", type=int, default=30000, help="feature events per throughput backlog")
+    parser.add_argument("--text-events", type=int, default=800, help="text events per backlog (minilm)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each latency phase")
     parser.add_argument("--systems", default="", help=f"comma-separated subset of {','.join(SYSTEMS)}")
     parser.add_argument(
-        "--quick", action="store_true", help="only the per-system throughput and latency (no sweeps, no replicas)"
+        "--quick",
+        action="store_true",
+        help="no latency-against-load curve, no MAX_BATCH_SIZE sweep, no replicas",
     )
     parser.add_argument(
         "--repeats", type=int, default=3, help="rounds, each running every system in a new shuffled order"
     )
-    parser.add_argument("--models", default="model,noop", help="model costs: model (the real forward), noop (none)")
     parser.add_argument(
-        "--low-rate", type=float, default=1000.0, help="the shared latency rate, below every system's max"
+        "--models", default=",".join(MODEL_SIZES), help=f"model sizes, of {','.join(MODEL_SIZES)} (throughput)"
+    )
+    parser.add_argument("--latency-models", default="mlp", help="model sizes whose latency is measured")
+    parser.add_argument("--replicas", type=int, default=2, help="this worker's replicas against one (not --quick)")
+    parser.add_argument(
+        "--low-rate", type=float, default=1000.0, help="the shared latency rate (lowered to half the slowest's max)"
     )
     parser.add_argument(
         "--replot",
@@ -928,7 +1172,6 @@ if __name__ == "__main__":
         help="only rewrite RESULTS.md and the plots in --out from this results.json",
     )
     parser.add_argument("--seed", type=int, default=None, help="the shuffle's seed (default: a new order each time)")
-    parser.add_argument("--text-events", type=int, default=2000, help="texts for the embedding workload (0: skip it)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks")
     parser.add_argument("--formats", action="store_true", help="only Avro in and out against JSON (formats.json)")
     parser.add_argument("--rounds", type=int, default=2, help="--formats: runs of each format, alternating")
@@ -938,12 +1181,13 @@ if __name__ == "__main__":
         help="--formats: the Schema Registry (Confluent API); make bench-formats starts the local one",
     )
     arguments = parser.parse_args()
+    try:
+        parse_systems(arguments.systems)
+        check_sizes(parse_models(arguments.models), parse_models(arguments.latency_models), arguments.text_events)
+    except ValueError as problem:
+        parser.error(str(problem))
     if arguments.replot:
-        saved = json.loads(arguments.replot.read_text())
-        saved["summary"] = summarise(
-            [Run(**{k: v for k, v in run.items() if k != "duplicates"}) for run in saved["runs"]]
-        )
-        write_outputs(saved, arguments.out)
+        write_outputs(normalised(json.loads(arguments.replot.read_text())), arguments.out)
     elif arguments.formats:
         formats = asyncio.run(formats_workload(arguments))
         arguments.out.mkdir(parents=True, exist_ok=True)

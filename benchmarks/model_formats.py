@@ -262,15 +262,16 @@ def table(cases: list[Case]) -> str:
 
 def worker_texts_per_s(events: int, per_event: float) -> str:
     """Texts/s end to end: a backlog of text events through one worker (MODEL_NAMES=minilm)."""
-    from benchmarks.bench import TEXT, Bench
+    from benchmarks.bench import MODEL_SIZES, Bench
 
     async def run() -> str:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
         with tempfile.TemporaryDirectory() as workdir:
             bench = Bench(bootstrap, Path(workdir))
+            bench.size = MODEL_SIZES["minilm"]  # text events, MODEL_NAMES=minilm
             backlog = bench.topic("texts")
             await bench.create(backlog)
-            await bench.produce(backlog, events, model=TEXT)
+            await bench.produce(backlog, events)
             lines = [
                 "| worker (MODEL_NAMES=minilm, TORCH_THREADS=2) | texts/s | results | vs per-event here | vs ~123 |",
                 "|---|---|---|---|---|",

@@ -9,16 +9,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
 
-from app.records.events import SourceRef
-from benchmarks.peers.common import (
-    COMMIT_INTERVAL_S,
-    LIBRDKAFKA_PRODUCER,
-    MAX_BATCH_SIZE,
-    arguments,
-    decode,
-    load_runner,
-    result_bytes,
-)
+from benchmarks.peers.common import COMMIT_INTERVAL_S, LIBRDKAFKA_PRODUCER, arguments, librdkafka_turn, load_runner
 
 
 def main() -> None:
@@ -44,18 +35,7 @@ def main() -> None:
     last_commit = time.monotonic()
     try:
         while True:
-            first = consumer.poll(0.1)
-            records = [] if first is None else [first, *consumer.consume(1999, timeout=0)]
-            records = [m for m in records if m.error() is None]
-            for start in range(0, len(records), MAX_BATCH_SIZE):
-                chunk = records[start : start + MAX_BATCH_SIZE]
-                events = [decode(m.value(), m.topic(), m.partition(), m.offset()) for m in chunk]
-                outputs = runner.predict([event.input for event in events])
-                for message, event, output in zip(chunk, events, outputs, strict=True):
-                    source = SourceRef(message.topic(), message.partition(), message.offset())
-                    value = result_bytes(runner, event, output, len(chunk), source)
-                    producer.produce(args.output, value, key=message.key(), on_delivery=delivered)
-                producer.poll(0)
+            records = librdkafka_turn(consumer, producer, runner, args.output, delivered)
             uncommitted = uncommitted or bool(records)
             if uncommitted and time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                 producer.flush()

@@ -88,6 +88,26 @@ def result_bytes(
     return encode_result(build_result(event, output, runner.metadata, batch_size, source))
 
 
+def librdkafka_turn(consumer: Any, producer: Any, runner: ModelRunner, topic: str, delivered: Any) -> list[Any]:
+    """One turn of the librdkafka loops (confluent-kafka's or Quix Streams' clients): wait up to 100 ms for
+    one record, take what else is buffered without waiting (up to 2,000 in all), one batched forward per
+    MAX_BATCH_SIZE records, produce each result to ``topic`` (``delivered``: the delivery callback).
+    Returns the records taken."""
+    first = consumer.poll(0.1)
+    records = [] if first is None else [first, *consumer.consume(1999, timeout=0)]
+    records = [m for m in records if m.error() is None]
+    for start in range(0, len(records), MAX_BATCH_SIZE):
+        chunk = records[start : start + MAX_BATCH_SIZE]
+        events = [decode(m.value(), m.topic(), m.partition(), m.offset()) for m in chunk]
+        outputs = runner.predict([event.input for event in events])
+        for message, event, output in zip(chunk, events, outputs, strict=True):
+            source = SourceRef(message.topic(), message.partition(), message.offset())
+            value = result_bytes(runner, event, output, len(chunk), source)
+            producer.produce(topic, value, message.key(), on_delivery=delivered)
+        producer.poll(0)
+    return records
+
+
 def result_dict(runner: ModelRunner, event: PredictionEvent, output: ModelOutput, source: SourceRef) -> dict[str, Any]:
     return build_result(event, output, runner.metadata, 1, source)
 

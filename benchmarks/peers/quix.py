@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from quixstreams import Application, message_context
+from quixstreams import message_context
 
 from app.records.events import SourceRef
-from benchmarks.peers.common import COMMIT_INTERVAL_S, LIBRDKAFKA_PRODUCER, arguments, decode, load_runner, result_dict
+from benchmarks.peers.common import arguments, decode, load_runner, result_dict
+from benchmarks.peers.quix_app import quix_application
 
 args = arguments(__doc__ or "")
 runner = load_runner(args.model)
-app = Application(
-    broker_address=args.bootstrap,
-    consumer_group=args.group,
-    auto_offset_reset="earliest",
-    loglevel="WARNING",
-    use_changelog_topics=False,
-    commit_interval=COMMIT_INTERVAL_S,
-    producer_extra_config=LIBRDKAFKA_PRODUCER,
-)
+app = quix_application(args)
 source_topic = app.topic(args.input, value_deserializer="bytes", key_deserializer="bytes")
 output_topic = app.topic(args.output, value_serializer="json", key_serializer="bytes")
 
