@@ -11,7 +11,7 @@ TEST_EXTRAS = dev text onnx tracing registry mlflow
 PYTHON = $(call venv,$(TEST_EXTRAS))/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv kafka-up kafka-down kafka-status registry-up registry-down registry-status run test test-unit lint bench bench-quick bench-formats model settings-table clean
+.PHONY: help venv kafka-up kafka-down kafka-status registry-up registry-down registry-status run test test-unit lint bench bench-quick bench-formats profile model settings-table clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -67,6 +67,11 @@ bench-quick: kafka-up ## this worker against the bare aiokafka loop, no-op and d
 
 bench-formats: kafka-up registry-up ## this worker's throughput with Avro in and out against JSON (a few minutes)
 	@SCHEMA_REGISTRY_URL=$$(registry/registry.sh url) $(BENCH_PYTHON) -m benchmarks.bench --formats --events 20000
+
+SIZE ?= mlp
+
+profile: kafka-up ## py-spy profile of the worker draining a backlog (SIZE=noop|mlp|mlp-10x|minilm); writes /tmp/profile
+	@$(BENCH_PYTHON) -m benchmarks.profile --size $(SIZE) --out /tmp/profile
 
 settings-table: ## rewrite the README's settings table from app/settings.py
 	@$(call venv,)/bin/python -c 'import pathlib, re; from app.settings import markdown_table; p = pathlib.Path("README.md"); \

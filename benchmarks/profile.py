@@ -1,13 +1,14 @@
 """Where the worker's time goes: py-spy samples of one worker draining a backlog.
 
-    python -m benchmarks.profile [--events 60000] [--noop] [--top 25] [--out /tmp/profile]
+    python -m benchmarks.profile [--events 60000] [--size mlp] [--top 25] [--out /tmp/profile]
 
-Produces ``--events`` feature events to a new topic, runs ``python -m app worker`` on them under
-``py-spy record`` (the bench extra), and stops it once its group has committed the whole backlog.
-Prints the functions with the most samples on top of the stack (own time) and anywhere on it
-(inclusive time), as shares of all samples, and the worker's rate over the backlog; writes the
-collapsed stacks (flame-graph input) and the tables to ``--out``. ``--noop``: the no-op model
-(same outputs, no forward), to see the framework's own cost.
+Produces ``--events`` events for the model size ``--size`` (``benchmarks.bench.MODEL_SIZES``;
+``noop`` is the default model's outputs with no forward: the framework's own cost) to a new topic,
+runs ``python -m app worker`` on them and, once it is ready, ``py-spy record`` on it (the bench
+extra), until its group has committed the whole backlog. Prints the functions with the most samples
+on top of the stack (own time) and anywhere on it (inclusive time), as shares of all samples, and
+the worker's rate over the backlog (lower than without the profiler); writes the
+collapsed stacks (flame-graph input) and the tables to ``--out``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from app.settings import REPO_ROOT
-from benchmarks.bench import Bench, free_port, steady_rate
+from benchmarks.bench import MODEL_SIZES, Bench, free_port, steady_rate
 from benchmarks.peers.common import NOOP_MODEL_ENV
 
 
@@ -83,6 +84,7 @@ def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(args.bootstrap, Path(tempfile.mkdtemp(prefix="profile-")))
+    bench.size = size = MODEL_SIZES[args.size]
     source, output = bench.topic("profile-in"), bench.topic("profile-out")
     asyncio.run(bench.create(source))
     asyncio.run(bench.create(output, log_append_time=True))
@@ -102,7 +104,8 @@ def main(args: argparse.Namespace) -> None:
         "LOG_LEVEL": "warning",
         "TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
-        NOOP_MODEL_ENV: "1" if args.noop else "0",
+        "MODEL_NAMES": size.model,
+        NOOP_MODEL_ENV: "1" if size.noop else "0",
     }
     collapsed = out / "stacks.txt"
     py_spy = Path(sys.executable).parent / "py-spy"
@@ -126,7 +129,7 @@ def main(args: argparse.Namespace) -> None:
     rate = steady_rate(sorted(row[2] for row in rows))
     own, inclusive, total = read_stacks(collapsed)
     lines = [
-        f"{'no-op' if args.noop else 'default'} model, {len(rows)}/{args.events} events out, "
+        f"{size.name} ({size.description}): {len(rows)}/{args.events} events out, "
         f"{rate:,.0f} events/s, {total} samples in {time.monotonic() - started:.0f} s (from ready to drained)",
         "",
         "| own samples | function |",
@@ -145,7 +148,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     parser.add_argument("--events", type=int, default=60000)
-    parser.add_argument("--noop", action="store_true", help="the no-op model: the framework's cost only")
+    parser.add_argument("--size", choices=MODEL_SIZES, default="mlp", help="noop: the framework's cost only")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default="/tmp/profile")
