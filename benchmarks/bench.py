@@ -458,7 +458,8 @@ def model_description() -> str:
 def machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__} (CPU), "
+        f"Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.cuda.get_device_name(0) if pick_device('auto').type == 'cuda' else 'CPU'}), "
         f"Apache Kafka 3.9.2 single node on the same machine"
     )
 
@@ -607,7 +608,9 @@ async def text_workload(bench: Bench, systems: list[str], args: argparse.Namespa
     print(f"== text embeddings: latency at {rate:,.0f} texts/s offered, {args.seconds:.0f} s", flush=True)
     latency = {name: await bench.latency(name, rate, args.seconds, model=TEXT) for name in systems}
     int8 = None
-    if "inference-worker" in systems:
+    if "inference-worker" in systems and pick_device("auto").type != "cpu":
+        print("== text embeddings: MODEL_QUANTIZE=dynamic-int8 skipped (it runs on the CPU only)", flush=True)
+    elif "inference-worker" in systems:
         print("== text embeddings: this worker with MODEL_QUANTIZE=dynamic-int8", flush=True)
         quantized = {"MODEL_QUANTIZE": "dynamic-int8"}
         int8 = await bench.throughput("inference-worker", backlog, args.text_events, TEXT, **quantized)
