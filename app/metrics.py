@@ -81,6 +81,14 @@ class Metrics:
             buckets=FAST_SECONDS_BUCKETS,
             registry=r,
         )
+        self.model_stages = Histogram(
+            "inference_model_stage_seconds",
+            "Duration of one stage of a batched model call: tokenize (text models) or inputs (the input tensor), "
+            "forward (until the device is done), outputs (results back on the host).",
+            ["model", "version", "stage"],
+            buckets=FAST_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.end_to_end = Histogram(
             "inference_end_to_end_latency_seconds",
             "From the event's timestamp to publishing its prediction.",

@@ -377,10 +377,21 @@ class ModelSettings:
     model_execution: str = setting(
         "MODEL_EXECUTION",
         "auto",
-        "where forwards run: thread (off the event loop), inline, or auto (inline if a full batch takes < 2 ms on CPU)",
+        "where forwards run: thread (off the event loop), inline, or auto (inline if a full batch took < 2 ms at "
+        "warm-up, on any device)",
         one_of("auto", "inline", "thread"),
     )
-    half_precision: bool = setting("MODEL_HALF_PRECISION", "false", "run the model in float16 (cuda only)")
+    half_precision: bool = setting(
+        "MODEL_HALF_PRECISION",
+        "false",
+        "allow float16 (cuda only): the warm-up keeps it where it is faster than float32 (always with MODEL_COMPILE)",
+    )
+    forward_batch_size: int = setting(
+        "MODEL_FORWARD_BATCH_SIZE",
+        "0",
+        "texts per forward of a text model; 0: the model's metadata on the CPU, the fastest at warm-up on cuda",
+        at_least(0),
+    )
     model_quantize: str = setting(
         "MODEL_QUANTIZE",
         "none",

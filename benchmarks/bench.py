@@ -539,7 +539,8 @@ def model_description() -> str:
 def machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__} (CPU), "
+        f"Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.cuda.get_device_name(0) if pick_device('auto').type == 'cuda' else 'CPU'}), "
         f"Apache Kafka 3.9.2 single node on the same machine"
     )
 
@@ -594,7 +595,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.repeats):
             for name in shuffle.sample(systems, len(systems)):
                 runs.append(await bench.throughput(name, backlog, events))
-        if size.text and "inference-worker" in systems:
+        if size.text and "inference-worker" in systems and pick_device("auto").type != "cpu":
+            print(f"== {size.name}: MODEL_QUANTIZE=dynamic-int8 skipped (it runs on the CPU only)", flush=True)
+        elif size.text and "inference-worker" in systems:
             print(f"== {size.name}: this worker with MODEL_QUANTIZE=dynamic-int8", flush=True)
             quantized = {"MODEL_QUANTIZE": "dynamic-int8"}
             report["int8"] = {

@@ -60,7 +60,11 @@ class ModelCatalog:
         self._registry = open_registry(settings)
         self._device = pick_device(settings.device)
         self._run_options = RunOptions(
-            settings.half_precision, settings.model_execution, settings.model_quantize, settings.model_compile
+            settings.half_precision,
+            settings.model_execution,
+            settings.model_quantize,
+            settings.model_compile,
+            settings.forward_batch_size,
         )
         self.runners: dict[ModelKey, Runner] = {}
         self.routes: dict[str, Route] = {}

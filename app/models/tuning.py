@@ -1,11 +1,26 @@
-"""Optional rewrites of a loaded model: dynamic int8 quantization (CPU) and torch.compile.
+"""How a loaded model runs on its device: choices made at warm-up, and optional rewrites.
 
-Both are off by default (MODEL_QUANTIZE, MODEL_COMPILE): whether they pay depends on the model
-and the machine; benchmarks/MODEL_FORMATS.md has the measurements. Half precision on CUDA is
-the runner's dtype (MODEL_HALF_PRECISION).
+Per device, chosen by measuring the warm-up's largest batch (``ModelRunner.warm_up``), unless a
+setting fixes them:
+
+- inline or on the model thread (MODEL_EXECUTION=auto): inline when the largest batch takes under
+  ``INLINE_FORWARD_MAX_MS`` on any device. Handing a short forward to a thread costs more than it
+  takes: the thread waits for the GIL held by the busy event loop (measured: 27 ms per 256-row
+  forward of the default model on the CPU, 12.5 ms for a 1.9 ms forward on an H200);
+- texts per forward of a text model (MODEL_FORWARD_BATCH_SIZE=0): on the CPU the model metadata's
+  ``forward_batch_size`` (small length-sorted chunks win there, benchmarks/MODEL_FORMATS.md); on
+  cuda the fastest of it and the powers of two up to the whole batch (one 256-text forward was ~2x
+  the texts/s of eight 32-text ones on an H200);
+- float16 or float32 on cuda when MODEL_HALF_PRECISION allows float16: the faster.
+
+Optional rewrites, off by default (MODEL_QUANTIZE, MODEL_COMPILE): whether they pay depends on the
+model and the machine; benchmarks/MODEL_FORMATS.md has the measurements.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
 
 import torch
 from torch import fx, nn
@@ -15,6 +30,37 @@ from app.models.embeddings import TextEmbedder
 from app.models.formats import OnnxModule
 
 QUANTIZE_MODES = ("none", "dynamic-int8")
+INLINE_FORWARD_MAX_MS = 2.0
+K = TypeVar("K")
+
+
+def run_inline(execution: str, largest_batch_ms: float) -> bool:
+    """MODEL_EXECUTION: ``inline``, ``thread``, or ``auto``: inline when the largest batch is short."""
+    if execution == "auto":
+        return largest_batch_ms < INLINE_FORWARD_MAX_MS
+    return execution == "inline"
+
+
+def forward_batch_candidates(
+    device: torch.device, configured: int, metadata_value: int, max_batch_size: int
+) -> list[int]:
+    """Texts per forward to measure at warm-up: ``configured`` (MODEL_FORWARD_BATCH_SIZE) when set; on
+    the CPU the model metadata's value; on cuda that and the powers of two above it up to the whole batch."""
+    if configured:
+        return [configured]
+    if device.type != "cuda":
+        return [metadata_value]
+    candidates = [min(metadata_value, max_batch_size)]
+    while candidates[-1] < max_batch_size:
+        candidates.append(min(candidates[-1] * 2, max_batch_size))
+    return candidates
+
+
+def fastest(timings_ms: Mapping[K, float]) -> K:
+    """The choice with the least time (the first of equals: candidates come in order of preference)."""
+    if not timings_ms:
+        raise ValueError("nothing was measured")
+    return min(timings_ms, key=timings_ms.__getitem__)
 
 
 def quantize(module: nn.Module, mode: str, where: str) -> nn.Module:

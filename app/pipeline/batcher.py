@@ -15,6 +15,9 @@ future gets exactly one outcome:
   ``retries`` times, then bisected, so one poison item fails alone and the rest of its
   batch still gets outputs.
 
+With ``batches_in_flight`` > 1 the next batch is collected and handed over while the one before
+is still being handled (a text model tokenizes it meanwhile); handlers still start in batch order.
+
 Items may carry an opaque tag (``submit_many(items, tags)``); a ``scope`` hears each batch's tags
 and wraps its handling, retries and isolation included (tracing opens a span there).
 """
@@ -62,6 +65,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int,
         max_wait_s: float,
         retries: int = 1,
+        batches_in_flight: int = 1,
         on_batch: Callable[[list[float]], None] | None = None,
         scope: BatchScope | None = None,
     ) -> None:
@@ -71,10 +75,14 @@ class MicroBatcher(Generic[T, R]):
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if batches_in_flight < 1:
+            raise ValueError(f"batches_in_flight must be >= 1, got {batches_in_flight}")
         self._handler = handler
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._retries = retries
+        self._slots = asyncio.Semaphore(batches_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._on_batch = on_batch
         self._scope = scope
         self._queue: deque[_Pending[T, R]] = deque()
@@ -126,15 +134,28 @@ class MicroBatcher(Generic[T, R]):
             self._wakeup.set()
 
     async def _run_forever(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = await self._collect()
-            await self._dispatch(batch)
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        break
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._slots.acquire()  # a batch in flight ends: collect the next (it grew meanwhile)
+                batch = await self._collect()
+                task = asyncio.get_running_loop().create_task(self._dispatch(batch), name="micro-batch")
+                self._in_flight.add(task)
+                task.add_done_callback(self._dispatched)
+            await asyncio.gather(*self._in_flight)
+        except asyncio.CancelledError:
+            for task in self._in_flight:
+                task.cancel()
+            raise
+
+    def _dispatched(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
 
     async def _collect(self) -> list[_Pending[T, R]]:
         loop = asyncio.get_running_loop()

@@ -250,6 +250,7 @@ class InferencePipeline:
 
     def _batcher_for(self, runner: Runner) -> MicroBatcher[ModelInput, ModelOutput]:
         callbacks = self._stage_metrics.batch_callbacks(runner)
+        runner.on_stages = callbacks.on_stages
 
         async def forward(rows: list[ModelInput]) -> list[ModelOutput]:
             started = time.perf_counter()
@@ -262,6 +263,7 @@ class InferencePipeline:
             max_batch_size=self._batching.max_batch_size,
             max_wait_s=self._batching.max_wait_ms / 1000.0,
             retries=self._batching.batch_retries,
+            batches_in_flight=runner.batches_in_flight,
             on_batch=callbacks.on_batch,
             scope=None if self._tracer is None else self._tracer.scope(runner),
         )

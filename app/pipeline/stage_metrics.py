@@ -7,7 +7,7 @@ labels, is decided here alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -15,6 +15,8 @@ from app.metrics import Metrics, observe_many
 from app.models.runner import Runner
 from app.pipeline.admission import Admitted, Refused
 from app.pipeline.outputs import Confirmation, DeadLettered, Predicted
+
+MODEL_STAGES = ("tokenize", "inputs", "forward", "outputs")
 
 
 @dataclass(slots=True)
@@ -32,6 +34,8 @@ class BatchCallbacks(NamedTuple):
     """The seconds one batched forward took."""
     on_batch: Callable[[list[float]], None]
     """A batch starts: how long each of its records waited for it."""
+    on_stages: Callable[[Mapping[str, float]], None]
+    """The seconds of each stage of one batched model call (the runner's ``on_stages``; any thread)."""
 
 
 class StageMetrics:
@@ -75,7 +79,15 @@ class StageMetrics:
             batch_size.observe(len(waits_s))
             observe_many(queue_wait, waits_s)
 
-        return BatchCallbacks(compute.observe, on_batch)
+        stages = {stage: self._metrics.model_stages.labels(name, version, stage) for stage in MODEL_STAGES}
+
+        def on_stages(seconds: Mapping[str, float]) -> None:
+            for stage, value in seconds.items():
+                histogram = stages.get(stage)
+                if histogram is not None:
+                    histogram.observe(value)
+
+        return BatchCallbacks(compute.observe, on_batch, on_stages)
 
     def on_shadow_failed(self, runner: Runner) -> None:
         self._metrics.shadow_errors.labels(runner.metadata.name, runner.metadata.version).inc()

@@ -3,10 +3,12 @@ vectors, batching, offline loading, results, and input-kind checks against the m
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -164,3 +166,20 @@ def test_a_missing_model_package_is_a_load_error(tmp_path: Path) -> None:
     (folder / "metadata.json").write_text(json.dumps({**metadata, "artifact": "package:no_such_model_package"}))
     with pytest.raises(ModelLoadError, match="install the text extra"):
         ModelRunner.load(ModelRegistry(tmp_path), "minilm", "1", torch.device("cpu"))
+
+
+def test_a_text_model_tokenizes_on_its_own_thread_and_reports_its_stages(runner: ModelRunner) -> None:
+    """On the model thread, the batcher may hand over the next batch (tokenized meanwhile); the
+    vectors are those of ``predict``, and each call reports tokenize, forward and outputs."""
+    runner.warm_up(16)
+    assert runner.batches_in_flight == 2 and "tokenizing the next batch" in runner.describe()
+    seen: list[Mapping[str, float]] = []
+    runner.on_stages = seen.append
+    try:
+        asynchronous = asyncio.run(runner.predict_async(TEXTS))
+    finally:
+        runner.on_stages = None
+    assert [set(stages) for stages in seen] == [{"tokenize", "forward", "outputs"}]
+    torch.testing.assert_close(
+        torch.tensor([output.embedding for output in asynchronous]), vectors(runner, TEXTS), atol=1e-6, rtol=0
+    )
