@@ -150,4 +150,4 @@ def test_worker_log_shows_text_model_on_the_model_thread(run: Run, tmp_path_fact
     logs = list(Path(tmp_path_factory.getbasetemp()).glob("text*/worker.log"))
     assert logs
     log = logs[0].read_text()
-    assert "model minilm/1 warm" in log and "forwards run on the model thread" in log.split("model minilm/1 warm")[1]
+    assert "model minilm/1 warm" in log and "forwards on the model thread" in log.split("model minilm/1 warm")[1]
