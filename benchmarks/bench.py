@@ -357,32 +357,38 @@ class Bench:
 
     # -- systems -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def system(self, name: str, source: str, output: str, group: str, **settings: str) -> Iterator[None]:
-        env = {
+    def environment(self) -> dict[str, str]:
+        """What every system's process gets: this broker, one thread, the model size's no-op switch."""
+        return {
             **os.environ,
             "PYTHONPATH": str(REPO_ROOT),
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "OMP_NUM_THREADS": "1",
             NOOP_MODEL_ENV: "1" if self.size.noop else "0",
         }
+
+    def worker_settings(self, source: str, output: str, group: str, **settings: str) -> dict[str, str]:
+        """This worker's settings for a run from ``source`` to ``output`` as app id ``group``."""
+        return {
+            "INPUT_TOPIC": source,
+            "OUTPUT_TOPIC": output,
+            "DEAD_LETTER_TOPIC": f"{output}.dlq",
+            "STATS_TOPIC": f"{output}.stats",
+            "WORKER_APP_ID": group,
+            "WEB_PORT": str(free_port()),
+            "WORKER_DATA_DIR": str(self.workdir / group),
+            "LOG_LEVEL": "warning",
+            "TORCH_THREADS": "1",
+            "MAX_WAIT_MS": str(WORKER_MAX_WAIT_MS),
+            "MODEL_NAMES": self.size.model,
+            **settings,
+        }
+
+    @contextlib.contextmanager
+    def system(self, name: str, source: str, output: str, group: str, **settings: str) -> Iterator[None]:
+        env = self.environment()
         if name == "inference-worker":
-            env.update(
-                {
-                    "INPUT_TOPIC": source,
-                    "OUTPUT_TOPIC": output,
-                    "DEAD_LETTER_TOPIC": f"{output}.dlq",
-                    "STATS_TOPIC": f"{output}.stats",
-                    "WORKER_APP_ID": group,
-                    "WEB_PORT": str(free_port()),
-                    "WORKER_DATA_DIR": str(self.workdir / group),
-                    "LOG_LEVEL": "warning",
-                    "TORCH_THREADS": "1",
-                    "MAX_WAIT_MS": str(WORKER_MAX_WAIT_MS),
-                    "MODEL_NAMES": self.size.model,
-                    **settings,
-                }
-            )
+            env.update(self.worker_settings(source, output, group, **settings))
             command = [sys.executable, "-m", "benchmarks.peers.worker" if self.size.noop else "app", "worker"]
         else:
             command = [

@@ -26,8 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from app.settings import REPO_ROOT
-from benchmarks.bench import MODEL_SIZES, Bench, free_port, steady_rate
-from benchmarks.peers.common import NOOP_MODEL_ENV
+from benchmarks.bench import MODEL_SIZES, Bench, steady_rate
 
 
 def wait_ready(port: int, timeout_s: float) -> None:
@@ -90,23 +89,7 @@ def main(args: argparse.Namespace) -> None:
     asyncio.run(bench.create(output, log_append_time=True))
     asyncio.run(bench.produce(source, args.events))
     group = f"profile-{bench.run_id}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
-        "INPUT_TOPIC": source,
-        "OUTPUT_TOPIC": output,
-        "DEAD_LETTER_TOPIC": f"{output}.dlq",
-        "STATS_TOPIC": f"{output}.stats",
-        "WORKER_APP_ID": group,
-        "WEB_PORT": str(free_port()),
-        "WORKER_DATA_DIR": str(bench.workdir / group),
-        "LOG_LEVEL": "warning",
-        "TORCH_THREADS": "1",
-        "OMP_NUM_THREADS": "1",
-        "MODEL_NAMES": size.model,
-        NOOP_MODEL_ENV: "1" if size.noop else "0",
-    }
+    env = bench.environment() | bench.worker_settings(source, output, group)
     collapsed = out / "stacks.txt"
     py_spy = Path(sys.executable).parent / "py-spy"
     with (out / "worker.log").open("wb") as log:
