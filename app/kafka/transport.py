@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.protocol.metadata import MetadataRequest
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from mode.threads import WorkerThread
+
+log = logging.getLogger(__name__)
 
 
 class ConsumerCommits(Protocol):
@@ -73,16 +77,17 @@ class BatchingConsumer(aiokafka_driver.Consumer):
 
     Around a rebalance, what is routed follows one rule: records routed before the seek to the
     committed offsets are read again after it, so batches not yet taken by then are obsolete
-    (``taken`` says so), and between an assignment and its seek nothing is routed: records routed
-    while faust awaits the committed offsets would be predicted twice, or taken for a gap and
-    committed past (docs/design.md).
+    (``taken`` says so), and from the start of a revocation's wait, or an assignment, until the
+    seek nothing is routed (``stale``): records routed while faust awaits the committed offsets
+    would be predicted twice, or taken for a gap and committed past (docs/design.md).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queued: dict[int, InputBatch] = {}
         self._last_routed: dict[Any, int] = {}  # tp -> offset of the last routed record
-        self._seek_pending = False  # assigned, not yet seeked to the committed offsets
+        self._seek_pending = False  # a revocation began or partitions were assigned; not yet seeked
+        self._seeks_done = 0  # the consumer thread's seek count when the last perform_seek ended
 
     def taken(self, batch: InputBatch) -> bool:
         """An agent calls this for each batch it receives. True: process it and ack its records.
@@ -100,30 +105,58 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         self._discard_queued()
 
     async def wait_empty(self) -> None:
+        """Wait for the acks of the batches an agent has taken; route nothing more until the next seek.
+
+        A revocation (or a stop) waits here with faust's flow control suspended, and a routed batch
+        put on the agent's channel then waits for the flow to resume, which comes only after the
+        rebalance: waiting for its records' acks too deadlocked the rebalance until the session
+        expired (a fetch round that was still collecting when the wait began routed its records
+        afterwards). Records not taken are read again after the seek.
+        """
+        self._seek_pending = True
         self._discard_queued()
-        await super().wait_empty()
+        report = asyncio.ensure_future(_report_stall(STALL_REPORT_S))
+        try:
+            await super().wait_empty()
+        finally:
+            report.cancel()
 
     async def perform_seek(self) -> None:
         """Seek to the committed offsets with the routed topics' partitions paused meanwhile.
 
-        faust seeks while fetching (it resumes the partitions first): records fetched from
-        the new positions before it resets the read offsets must not be delivered, or the
-        reset makes their successors look like a gap.
+        faust seeks while fetching (it resumes the partitions first): records fetched from the new
+        positions before it resets the read offsets must not be delivered, or the reset makes their
+        successors look like a gap. Nor may records collected from the old positions before the
+        seek, which the consumer thread can hand over after it: ahead of the committed offsets,
+        they would make the records between look like a gap, which faust commits past (``stale``).
         """
         routes = self._routes()
         paused = {tp for tp in self._get_active_partitions() if tp.topic in routes}
         self.pause_partitions(paused)
+        self._seek_pending = True  # until the read offsets are reset too
         try:
             await super().perform_seek()
         finally:
+            self._seeks_done = self._consumer_thread().seeks
             self._seek_pending = False
             self.resume_partitions(paused)
 
+    def stale(self) -> bool:
+        """Whether the fetch round being delivered is to be dropped: collected before the last seek to
+        the committed offsets (its records are read again after it), or a seek is pending."""
+        return self._seek_pending or self._consumer_thread().collected_after_seeks < self._seeks_done
+
+    def _consumer_thread(self) -> BatchingConsumerThread:
+        return cast(BatchingConsumerThread, self._thread)
+
     def _discard_queued(self) -> None:
         for batch in self._queued.values():
-            for message in batch.messages:
-                self._unacked_messages.discard(message)  # do not wait for acks that will not come
+            self._untrack(batch.messages)
         self._queued.clear()
+
+    def _untrack(self, messages: list[Any]) -> None:
+        for message in messages:
+            self._unacked_messages.discard(message)  # do not wait for acks that will not come
 
     def _routes(self) -> dict[str, BatchRoute]:
         return getattr(self.app, "batch_routes", {})
@@ -136,6 +169,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
+        stale = self.stale
         try:
             while not (stopped() or fetcher_stopped()):
                 batches: dict[str, list[Any]] = defaultdict(list)
@@ -144,7 +178,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     break
                 async for tp, message in self.getmany(timeout=1.0):
                     routed = tp.topic in routes
-                    if routed and self._seek_pending:
+                    if routed and stale():
                         continue  # fetched before the seek to the committed offsets, read again after it
                     offset = message.offset
                     read_offset = get_read_offset(tp)
@@ -160,6 +194,9 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
                 for topic, messages in batches.items():
+                    if stale():  # a seek came while the round was routing: read again after it
+                        self._untrack(messages)
+                        continue
                     batch = InputBatch(messages)
                     self._queued[id(batch)] = batch
                     await routes[topic](batch)
@@ -208,7 +245,62 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         return tp_state.position if tp_state is not None and tp_state.has_valid_position else -1
 
 
+STALL_REPORT_S = 15.0
+"""A rebalance or stop still waiting this long for acks logs what every task awaits."""
+
+
+async def _report_stall(after_s: float) -> None:
+    await asyncio.sleep(after_s)
+    stacks = []
+    for task in asyncio.all_tasks():
+        stacks.append(f"{task.get_name()}: {' -> '.join(_awaiting(task.get_coro()))}")
+    log.warning("still waiting for acks after %.0fs; tasks:\n%s", after_s, "\n".join(sorted(stacks)))
+
+
+def _awaiting(coro: Any) -> list[str]:
+    """The chain of coroutines ``coro`` is suspended in, outermost first (a Task's own stack shows one frame)."""
+    chain: list[str] = []
+    while coro is not None and len(chain) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        chain.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return chain
+
+
+class DaemonWorkerThread(WorkerThread):
+    """The consumer's thread, as a daemon: when it cannot stop (a group join it waits in outlasts
+    faust's stop timeout), the stopped worker still exits instead of hanging in interpreter
+    shutdown; the group coordinator then drops the member at its session timeout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
 class BatchingConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Counts its seeks to the committed offsets, and stamps each fetch round with the count at the
+    moment it collected its records: seek and collection both run on this thread's loop, so the stamp
+    says exactly whether a round's records come from before a seek (``BatchingConsumer.stale``)."""
+
+    Worker: type[WorkerThread] = DaemonWorkerThread
+    seeks = 0
+    collected_after_seeks = 0
+
+    async def seek_to_committed(self) -> Any:
+        return await self.call_thread(self._seek_to_committed_counted)
+
+    async def _seek_to_committed_counted(self) -> Any:
+        offsets = await self._ensure_consumer().seek_to_committed()
+        self.seeks += 1  # no await since the last position was reset: no round collected in between
+        return offsets
+
+    async def _fetch_records(self, *args: Any, **kwargs: Any) -> Any:
+        records = await super()._fetch_records(*args, **kwargs)
+        self.collected_after_seeks = self.seeks  # no await since the records were collected
+        return records
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         if cast(WorkerApp, self.app).commit_policy.read_committed:
@@ -314,6 +406,12 @@ UPSTREAM_PINS: tuple[Pin, ...] = (
     (aiokafka_driver.Consumer, "_get_active_partitions", ("self",)),
     (aiokafka_driver.Consumer, "perform_seek", ("self",)),
     (aiokafka_driver.AIOKafkaConsumerThread, "_create_worker_consumer", ("self", "transport")),
+    (
+        aiokafka_driver.AIOKafkaConsumerThread,
+        "_fetch_records",
+        ("self", "consumer", "active_partitions", "timeout", "max_records"),
+    ),
+    (aiokafka_driver.AIOKafkaConsumerThread, "_ensure_consumer", ("self",)),
     (faust.App, "_on_partitions_assigned", ("self", "assigned", "generation_id")),
     (faust.App, "_new_transport", ("self",)),
     (faust.Channel, "_queue", None),
