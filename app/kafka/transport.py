@@ -101,8 +101,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
 
     def on_assignment(self) -> None:
         """A rebalance assigned partitions: route nothing until ``perform_seek``."""
-        self._seek_pending = True
-        self._discard_queued()
+        self._route_nothing_until_seek()
 
     async def wait_empty(self) -> None:
         """Wait for the acks of the batches an agent has taken; route nothing more until the next seek.
@@ -113,8 +112,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         expired (a fetch round that was still collecting when the wait began routed its records
         afterwards). Records not taken are read again after the seek.
         """
-        self._seek_pending = True
-        self._discard_queued()
+        self._route_nothing_until_seek()
         report = asyncio.ensure_future(_report_stall(STALL_REPORT_S))
         try:
             await super().wait_empty()
@@ -166,7 +164,10 @@ class BatchingConsumer(aiokafka_driver.Consumer):
     def _consumer_thread(self) -> BatchingConsumerThread:
         return cast(BatchingConsumerThread, self._thread)
 
-    def _discard_queued(self) -> None:
+    def _route_nothing_until_seek(self) -> None:
+        """Drop the batches routed and not yet taken, and route nothing more until ``perform_seek``
+        (their records, and those fetched meanwhile, are read again after it)."""
+        self._seek_pending = True
         for batch in self._queued.values():
             self._untrack(batch.messages)
         self._queued.clear()
